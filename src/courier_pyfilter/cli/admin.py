@@ -1,0 +1,57 @@
+"""``courier-pyfilter``: the admin command (configuration check, store, replay, queue tools)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    from .. import __version__
+
+    print(f"courier-pyfilter {__version__}")
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from .daemon import main as daemon_main
+
+    argv = ["--check-config"]
+    if args.config:
+        argv += ["--config", args.config]
+    for path in args.modules_config or ():
+        argv += ["--modules-config", path]
+    return daemon_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="courier-pyfilter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=_cmd_version)
+    p = sub.add_parser("check-config", help="load both configuration files and all filters")
+    p.add_argument("--config", metavar="PATH")
+    p.add_argument("--modules-config", metavar="PATH", action="append")
+    p.set_defaults(func=_cmd_check_config)
+    try:
+        from .store import add_store_parser
+    except ImportError:  # pragma: no cover - store CLI not available
+        pass
+    else:
+        add_store_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``courier-pyfilter`` command."""
+    args = build_parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

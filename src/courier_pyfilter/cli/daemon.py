@@ -1,0 +1,148 @@
+"""``pythonfilter``: the filter server, as courierfilter, systemd or an admin starts it.
+
+Under courierfilter it gets no arguments, a scrubbed environment and cwd ``/usr``; all its
+settings then come from the configuration files.  See ``docs/running.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..server import readiness_fd
+
+__all__ = ["build_settings", "main", "serve"]
+
+log = logging.getLogger("courier_pyfilter.daemon")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pythonfilter",
+        description="courier-pyfilter: the Courier MTA filter server (asyncio).",
+    )
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="listening socket (default: Courier's allfilters/pythonfilter)",
+    )
+    parser.add_argument("--config", metavar="PATH", help="pythonfilter.conf (the filter chain)")
+    parser.add_argument(
+        "--modules-config",
+        metavar="PATH",
+        action="append",
+        help="pythonfilter-modules.conf; repeat to read several, later ones override",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="load the configuration and the filters, report problems, and exit",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def build_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Any, Any]:
+    """Settings from defaults, environment, command line and the daemon section.
+
+    Returns ``(settings, modules_config)``.  Raises ``SettingsError``/``ConfigError``.
+    """
+    from ..legacyconf import load_modules_config
+    from ..settings import DAEMON_SECTION, Settings, apply_section, settings_from_env
+
+    values, locked = settings_from_env(env)
+    if args.socket:
+        values["socket_path"] = args.socket
+    if args.config:
+        values["chain_config"] = args.config
+    if args.modules_config:
+        values["modules_configs"] = tuple(args.modules_config)
+    if args.log_format:
+        values["log_format"] = args.log_format
+    locked = sorted(set(locked) | set(values))
+    settings = replace(Settings(), **values)
+    modules = load_modules_config(settings.modules_configs)
+    settings = apply_section(settings, modules.section(DAEMON_SECTION), locked=locked)
+    return settings, modules
+
+
+async def serve(settings: Any, ready_fd: int | None, *, check_only: bool = False) -> int:
+    """Run the server until stdin EOF or SIGTERM; returns the exit status."""
+    from ..runtime import make_generation_factory
+    from ..server import (
+        FilterServer,
+        ServerError,
+        install_signal_handlers,
+        signal_ready,
+        watch_stdin,
+    )
+
+    factory = make_generation_factory(settings)
+    if check_only:
+        try:
+            generation = await factory(1)
+        except Exception as exc:
+            print(f"pythonfilter: configuration error: {exc}", file=sys.stderr)
+            return 1
+        await generation.retire()
+        print(f"configuration OK: {', '.join(generation.chain.names) or '(empty chain)'}")
+        return 0
+    server = FilterServer(settings, factory)
+    try:
+        await server.start()
+    except ServerError as exc:
+        log.error("%s", exc)
+        signal_ready(ready_fd)
+        return 1
+    except Exception as exc:
+        log.error("pythonfilter could not start: %s", exc, exc_info=not isinstance(exc, ValueError))
+        signal_ready(ready_fd)
+        return 1
+    signal_ready(ready_fd)
+    install_signal_handlers(server)
+    watch_stdin(server.loop, server.request_stop)
+    await server.wait_stopped()
+    await server.shutdown()
+    return 0
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[no-any-return]
+    return uvloop.run(coro)  # type: ignore[no-any-return]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pythonfilter`` command."""
+    ready_fd = readiness_fd()  # before anything else can open file descriptor 3
+    args = _parser().parse_args(argv)
+    if args.version:
+        from .. import __version__
+
+        print(f"courier-pyfilter {__version__}")
+        return 0
+    from ..logs import setup_logging
+
+    setup_logging(args.log_format or os.environ.get("PYTHONFILTER_LOG_FORMAT") or "text")
+    try:
+        settings, _modules = build_settings(args, dict(os.environ))
+    except Exception as exc:
+        log.error("pythonfilter: configuration error: %s", exc)
+        if ready_fd is not None:
+            os.close(ready_fd)
+        return 1
+    setup_logging(settings.log_format)
+    return _run(serve(settings, ready_fd, check_only=args.check_config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

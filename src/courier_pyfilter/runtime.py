@@ -1,0 +1,94 @@
+"""Assemble a runnable configuration: files -> settings -> services -> started chain."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .chain import Chain
+from .loader import build_chain
+from .server import Generation, ServerError
+from .services import Services
+from .settings import (
+    CHAIN_CONFIG_CANDIDATES,
+    DAEMON_SECTION,
+    Settings,
+    apply_section,
+    find_chain_config,
+)
+
+__all__ = ["LoadedConfig", "load_config", "make_generation_factory"]
+
+log = logging.getLogger("courier_pyfilter.runtime")
+
+
+@dataclass(slots=True)
+class LoadedConfig:
+    """Both configuration files, read and checked."""
+
+    settings: Settings
+    chain_path: str
+    lines: list[tuple[str, frozenset[str]]]
+    modules: Any
+
+
+def load_config(settings: Settings) -> LoadedConfig:
+    """Read ``pythonfilter-modules.conf`` and ``pythonfilter.conf`` (both re-read each call).
+
+    Raises ``ServerError`` when no chain file is found, or the parsers' ``ConfigError``.
+    """
+    from .legacyconf import load_modules_config, parse_chain
+
+    modules = load_modules_config(settings.modules_configs)
+    settings = apply_section(
+        settings,
+        modules.section(DAEMON_SECTION),
+        locked=("socket_path", "chain_config", "modules_configs", "log_format"),
+    )
+    chain_path = find_chain_config(settings)
+    if chain_path is None:
+        searched = (
+            *CHAIN_CONFIG_CANDIDATES,
+            os.path.join(settings.sysconfdir, "pythonfilter.conf"),
+        )
+        raise ServerError(f"Could not locate a configuration file in any of: {searched}")
+    try:
+        with open(chain_path, encoding="utf-8", errors="surrogateescape") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ServerError(f"cannot read {chain_path}: {exc}") from exc
+    parsed = parse_chain(text, chain_path)
+    lines = [(entry.name, entry.bypass) for entry in parsed]
+    return LoadedConfig(settings, chain_path, lines, modules)
+
+
+async def build_generation(settings: Settings, number: int, *, dry_run: bool = False) -> Generation:
+    """Load the configuration, build the chain and start its filters."""
+    config = load_config(settings)
+    services = Services(config.settings, config.modules.section, dry_run=dry_run)
+    try:
+        chain: Chain = build_chain(
+            config.lines,
+            config.modules.section,
+            services,
+            filter_path=config.settings.filter_path,
+            default_timeout=config.settings.filter_timeout,
+            generation=number,
+        )
+        await chain.start()
+    except BaseException:
+        await services.close()
+        raise
+    return Generation(chain, services, number)
+
+
+def make_generation_factory(settings: Settings) -> Callable[[int], Awaitable[Generation]]:
+    """The factory the server calls at start and on every SIGHUP."""
+
+    async def factory(number: int) -> Generation:
+        return await build_generation(settings, number)
+
+    return factory
