@@ -40,7 +40,7 @@ def load_config(settings: Settings) -> LoadedConfig:
 
     Raises ``ServerError`` when no chain file is found, or the parsers' ``ConfigError``.
     """
-    from .legacyconf import load_modules_config, parse_chain
+    from .legacyconf import load_modules_config, parse_chain_config
 
     modules = load_modules_config(settings.modules_configs)
     settings = apply_section(
@@ -60,8 +60,10 @@ def load_config(settings: Settings) -> LoadedConfig:
             text = fh.read()
     except OSError as exc:
         raise ServerError(f"cannot read {chain_path}: {exc}") from exc
-    parsed = parse_chain(text, chain_path)
-    lines = [(entry.name, entry.bypass) for entry in parsed]
+    parsed = parse_chain_config(text, chain_path)
+    for warning in (*modules.warnings, *parsed.warnings):
+        log.warning("configuration warning: %s", warning)
+    lines = [(entry.name, entry.bypass) for entry in parsed.entries]
     return LoadedConfig(settings, chain_path, lines, modules)
 
 
