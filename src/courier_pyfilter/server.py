@@ -330,11 +330,26 @@ class FilterServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        message: Message | None = None
         try:
             decision, result, message = await self._judge(request)
+            if message is not None:
+                # An edit cut off by a deadline is shielded and still running: a reply
+                # must never go out before the files are complete.
+                await message.drain_edits()
+                if message.edit_failed and decision.verdict.delivers:
+                    log.error(
+                        "changing %s failed (%s); refusing to accept a damaged message",
+                        request.data_path,
+                        message.edit_failed,
+                    )
+                    decision = INTERNAL_ERROR
         except asyncio.CancelledError:
             conn.reply(SHUTTING_DOWN.reply())
             raise
+        except Exception:
+            log.exception("internal error while answering %s", request.data_path)
+            decision, result = INTERNAL_ERROR, None
         finally:
             self._tasks.discard(task)
         if not conn.reply(decision.reply()):

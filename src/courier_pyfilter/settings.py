@@ -77,6 +77,9 @@ class Settings:
     log_summary: bool = True
     """One summary line per message besides the original's accounting line."""
     courier_config_program: str = "courier-config"
+    backend: str | None = None
+    """With a systemd-managed service: the service's socket.  ``pythonfilter`` started by
+    courierfilter then relays to it; ``pythonfilter --service`` listens on it."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,6 +105,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "drain_timeout": (int, float),
     "log_summary": bool,
     "courier_config_program": str,
+    "backend": str,
 }
 
 _SECTION_KEYS = {**_TYPES, "filter_path": (list, tuple), "socket": str}

@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-format", choices=("text", "json"), help="log line format")
     parser.add_argument(
+        "--service",
+        action="store_true",
+        help="run as the systemd service: listen on the 'backend' socket, ignore stdin",
+    )
+    parser.add_argument(
         "--check-config",
         action="store_true",
         help="load the configuration and the filters, report problems, and exit",
@@ -71,6 +76,36 @@ def build_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Any, 
     modules = load_modules_config(settings.modules_configs)
     settings = apply_section(settings, modules.section(DAEMON_SECTION), locked=locked)
     return settings, modules
+
+
+async def relay(settings: Any, ready_fd: int | None) -> int:
+    """Run as courierfilter's relay to the systemd service (``backend`` is set)."""
+    import signal
+
+    from ..relay import Relay
+    from ..server import ServerError, signal_ready, watch_stdin
+
+    relay = Relay(
+        settings.socket_path,
+        settings.backend,
+        mode=settings.socket_mode,
+        backlog=settings.listen_backlog,
+    )
+    try:
+        await relay.start()
+    except ServerError as exc:
+        log.error("%s", exc)
+        signal_ready(ready_fd)
+        return 1
+    signal_ready(ready_fd)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    watch_stdin(loop, stop.set)
+    await stop.wait()
+    await relay.stop(settings.drain_timeout)
+    return 0
 
 
 async def serve(settings: Any, ready_fd: int | None, *, check_only: bool = False) -> int:
@@ -141,6 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(ready_fd)
         return 1
     setup_logging(settings.log_format)
+    if args.service:
+        if not settings.backend:
+            log.error("pythonfilter --service needs 'backend' in [courier-pyfilter]")
+            return 1
+        settings = replace(settings, socket_path=settings.backend)
+    elif settings.backend and not args.check_config:
+        return _run(relay(settings, ready_fd))
     return _run(serve(settings, ready_fd, check_only=args.check_config))
 
 

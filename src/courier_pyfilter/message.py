@@ -1,0 +1,337 @@
+"""The per-message view shared by every filter of a chain.
+
+A :class:`Message` is created for each filtering request from the data-file path and the
+control-file paths courierfilter sent.  Construction reads nothing: every piece is loaded
+the first time a filter asks for it and then cached, so a chain of filters that only look
+at the envelope never touches the data file, and the message is parsed at most once no
+matter how many filters look at it.
+
+* :attr:`Message.control` (and the shortcuts :attr:`~Message.sender`,
+  :attr:`~Message.recipients`, ...) reads and parses the control files synchronously on
+  first access: they are small local files.
+* :meth:`Message.raw`, :meth:`Message.headers` and :meth:`Message.email` are coroutines:
+  the data file is read (and large messages parsed) in a worker thread.
+* :attr:`Message.edit` is the :class:`~courier_pyfilter.edit.Editor` that changes the
+  message; the caches above are refreshed after each edit, so later filters (and later
+  calls in the same filter) see the changed message.
+
+Errors reading or parsing the files raise :class:`MessageError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.policy
+import os
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import TYPE_CHECKING
+
+from .control import (
+    DEFAULT_MAX_RECORDS,
+    DEFAULT_MAX_SIZE,
+    ControlData,
+    ControlFileError,
+    IPAddress,
+    Recipient,
+    parse_control,
+)
+
+if TYPE_CHECKING:
+    from .edit import Editor
+
+__all__ = ["EMAIL_POLICY", "Message", "MessageError", "split_header_block"]
+
+EMAIL_POLICY = email.policy.default.clone(linesep="\n", raise_on_defect=False)
+"""The :mod:`email` policy used for parsing: the modern API, tolerant of malformed input
+(problems are recorded in ``.defects`` instead of raised), LF line endings."""
+
+_THREAD_PARSE_THRESHOLD = 256 * 1024
+"""Messages larger than this are parsed in a worker thread instead of the event loop."""
+
+
+class MessageError(Exception):
+    """The message's data or control files could not be read or parsed."""
+
+
+def split_header_block(raw: bytes) -> tuple[bytes, bytes]:
+    """Split a message into its header block and the rest.
+
+    The header block ends with the first empty line (``\\n`` or ``\\r\\n``); the second
+    part starts with that empty line and is ``b""`` when the message has no body
+    separator.  ``header + rest == raw`` always holds.
+    """
+    if raw.startswith(b"\n") or raw.startswith(b"\r\n"):
+        return b"", raw
+    best = -1
+    for sep in (b"\n\n", b"\n\r\n"):
+        pos = raw.find(sep)
+        if pos >= 0 and (best < 0 or pos < best):
+            best = pos
+    if best < 0:
+        return raw, b""
+    return raw[: best + 1], raw[best + 1 :]
+
+
+def _read_file(path: str, limit: int | None = None) -> bytes:
+    with open(path, "rb") as fh:
+        if limit is None:
+            return fh.read()
+        data = fh.read(limit + 1)
+    return data
+
+
+def _parse(data: bytes, headers_only: bool) -> EmailMessage:
+    msg = BytesParser(policy=EMAIL_POLICY).parsebytes(data, headersonly=headers_only)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+class Message:
+    """Lazily loaded, parse-once view of one message (data file + control files).
+
+    ``data_path`` and ``control_paths`` are the paths as courierfilter sent them (the
+    protocol layer resolves relative ones).  With ``dry_run=True`` the :attr:`edit`
+    editor records changes and keeps them in memory instead of writing the files; reads
+    through this object still show the edited message.
+    """
+
+    __slots__ = (
+        "_control",
+        "_control_overlay",
+        "_data_overlay",
+        "_dry_run",
+        "_edit",
+        "_email",
+        "_generation",
+        "_headers",
+        "_max_control_records",
+        "_max_control_size",
+        "_raw",
+        "control_paths",
+        "data_path",
+    )
+
+    def __init__(
+        self,
+        data_path: str,
+        control_paths: Sequence[str],
+        *,
+        dry_run: bool = False,
+        max_control_size: int = DEFAULT_MAX_SIZE,
+        max_control_records: int = DEFAULT_MAX_RECORDS,
+    ) -> None:
+        self.data_path: str = os.fspath(data_path)
+        """Path of the data file."""
+        self.control_paths: tuple[str, ...] = tuple(os.fspath(p) for p in control_paths)
+        """Paths of the control files, in the order courierfilter listed them."""
+        self._dry_run = dry_run
+        self._max_control_size = max_control_size
+        self._max_control_records = max_control_records
+        self._control: ControlData | None = None
+        self._raw: bytes | None = None
+        self._headers: EmailMessage | None = None
+        self._email: EmailMessage | None = None
+        self._generation = 0
+        self._data_overlay: bytes | None = None
+        self._control_overlay: dict[int, bytes] = {}
+        self._edit: Editor | None = None
+
+    def __repr__(self) -> str:
+        return f"Message({self.data_path!r}, {list(self.control_paths)!r})"
+
+    @property
+    def dry_run(self) -> bool:
+        """True when edits are kept in memory instead of being written to the files."""
+        return self._dry_run
+
+    # -- control data ---------------------------------------------------------------------
+
+    @property
+    def control(self) -> ControlData:
+        """The parsed control files (read on first access, re-read after control edits)."""
+        if self._control is None:
+            self._control = self._load_control()
+        return self._control
+
+    def _load_control(self) -> ControlData:
+        files = []
+        for i, path in enumerate(self.control_paths):
+            try:
+                data = _read_file(path, self._max_control_size)
+            except OSError as exc:
+                raise MessageError(f"cannot read control file {path}: {exc}") from exc
+            extra = self._control_overlay.get(i)
+            if extra:
+                data += extra
+            try:
+                files.append(
+                    parse_control(
+                        data,
+                        file_index=i,
+                        max_size=self._max_control_size,
+                        max_records=self._max_control_records,
+                    )
+                )
+            except ControlFileError as exc:
+                raise MessageError(f"bad control file {path}: {exc}") from exc
+        return ControlData.from_files(files)
+
+    @property
+    def sender(self) -> str | None:
+        """Envelope sender; ``''`` for ``<>``; None if the control file has no ``s``."""
+        return self.control.sender
+
+    @property
+    def recipients(self) -> tuple[Recipient, ...]:
+        """Recipients not yet delivered or removed."""
+        return self.control.recipients
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The addresses of :attr:`recipients`."""
+        return self.control.addresses
+
+    @property
+    def auth_user(self) -> str | None:
+        """SMTP AUTH user name, None when not authenticated."""
+        return self.control.auth_user
+
+    @property
+    def client_ip(self) -> IPAddress | None:
+        """The client's IP address (IPv4-mapped addresses as IPv4), None if unknown."""
+        return self.control.client_ip
+
+    @property
+    def helo(self) -> str | None:
+        """The HELO/EHLO name the client gave."""
+        return self.control.helo
+
+    @property
+    def msgid(self) -> str | None:
+        """Courier's queue id of the message (the ``M`` record)."""
+        return self.control.msgid
+
+    @property
+    def source(self) -> str | None:
+        """Where the message came from: ``smtp``, ``authsmtp``, ``local``, ..."""
+        return self.control.source
+
+    # -- data file ------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Size of the message in bytes (current content, including edits)."""
+        if self._data_overlay is not None:
+            return len(self._data_overlay)
+        if self._raw is not None:
+            return len(self._raw)
+        try:
+            return os.stat(self.data_path).st_size
+        except OSError as exc:
+            raise MessageError(f"cannot stat data file {self.data_path}: {exc}") from exc
+
+    async def raw(self) -> bytes:
+        """The whole message as bytes (read once in a worker thread, then cached)."""
+        if self._data_overlay is not None:
+            return self._data_overlay
+        if self._raw is not None:
+            return self._raw
+        generation = self._generation
+        try:
+            data = await asyncio.to_thread(_read_file, self.data_path)
+        except OSError as exc:
+            raise MessageError(f"cannot read data file {self.data_path}: {exc}") from exc
+        if generation == self._generation:
+            self._raw = data
+            return data
+        # an edit landed while we were reading: its content is the current one
+        return await self.raw()
+
+    async def headers(self) -> EmailMessage:
+        """The header block parsed on its own (cheap: the body is not parsed)."""
+        if self._headers is None:
+            generation = self._generation
+            header_block, _ = split_header_block(await self.raw())
+            parsed = await self._parse(header_block, headers_only=True)
+            if generation != self._generation:
+                return await self.headers()
+            self._headers = parsed
+        return self._headers
+
+    async def email(self) -> EmailMessage:
+        """The fully parsed message.
+
+        Uses :data:`EMAIL_POLICY`: malformed MIME never raises, problems are recorded in
+        the ``defects`` attribute of the message and its parts.  Do not modify the
+        returned object to change the mail; use :attr:`edit`.
+        """
+        if self._email is None:
+            generation = self._generation
+            parsed = await self._parse(await self.raw(), headers_only=False)
+            if generation != self._generation:
+                return await self.email()
+            self._email = parsed
+        return self._email
+
+    async def _parse(self, data: bytes, *, headers_only: bool) -> EmailMessage:
+        try:
+            if len(data) > _THREAD_PARSE_THRESHOLD:
+                return await asyncio.to_thread(_parse, data, headers_only)
+            return _parse(data, headers_only)
+        except Exception as exc:  # the email package is meant never to raise here
+            raise MessageError(f"cannot parse message {self.data_path}: {exc}") from exc
+
+    # -- editing --------------------------------------------------------------------------
+
+    @property
+    def edit(self) -> Editor:
+        """The :class:`~courier_pyfilter.edit.Editor` that changes this message."""
+        if self._edit is None:
+            from .edit import Editor
+
+            self._edit = Editor(self, dry_run=self._dry_run)
+        return self._edit
+
+    async def drain_edits(self) -> None:
+        """Wait for edits still being written (e.g. whose filter hit its deadline).
+
+        The server awaits this before sending the reply.  Cheap when nothing was edited
+        (no editor is created).
+        """
+        if self._edit is not None:
+            await self._edit.drain()
+
+    @property
+    def edit_failed(self) -> str | None:
+        """Why a change to the message or its control files failed, or ``None``."""
+        return None if self._edit is None else self._edit.failed
+
+    def invalidate(self) -> None:
+        """Forget everything cached, so the next access re-reads the files.
+
+        Call it after changing the files behind the object's back (the editor keeps the
+        caches up to date itself).  In-memory dry-run edits are kept.
+        """
+        self._generation += 1
+        self._raw = None
+        self._headers = None
+        self._email = None
+        self._control = None
+
+    def _data_changed(self, data: bytes) -> None:
+        """Editor hook: the message content is now ``data``."""
+        self._generation += 1
+        self._headers = None
+        self._email = None
+        if self._dry_run:
+            self._data_overlay = data
+        else:
+            self._raw = data
+
+    def _control_appended(self, file_index: int, data: bytes) -> None:
+        """Editor hook: ``data`` was appended to control file ``file_index``."""
+        if self._dry_run:
+            self._control_overlay[file_index] = self._control_overlay.get(file_index, b"") + data
+        self._control = None
