@@ -107,11 +107,11 @@ class Services:
         """The TtlDb store configured by ``[ttldb]`` (SQLite under the state dir by default)."""
 
         async def factory() -> Store:
-            from .store import open_store, store_config_from_sections
+            from .store import Store, store_config_from_sections
 
             sections = {name: self.sections(name) for name in ("ttldb", "TtlDb")}
             config = store_config_from_sections(sections, self.settings.state_dir)
-            return await open_store(config, clock=self.clock, dry_run=self.dry_run)
+            return await Store.open(config, clock=self.clock, dry_run=self.dry_run)
 
         async def close(store: Store) -> None:
             await store.close()

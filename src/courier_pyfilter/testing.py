@@ -54,6 +54,7 @@ __all__ = [
     "SentMessage",
     "courier_msgid",
     "default_headers",
+    "make_context",
     "make_message",
     "received_header",
     "render_controls",
@@ -390,3 +391,54 @@ class MessageFactory:
         msg = make_message(self.directory, **{**self.defaults, **overrides})
         self.made.append(msg)
         return msg
+
+
+def make_context(
+    name: str = "test",
+    settings: Mapping[str, Any] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    sysconfdir: str | None = None,
+    clock: Any = None,
+    dry_run: bool = False,
+) -> Any:
+    """A :class:`~courier_pyfilter.api.Context` for calling a filter directly in a test.
+
+    ``settings`` are laid over ``defaults`` (pass a filter class's ``defaults``);
+    ``sections`` are other sections of ``pythonfilter-modules.conf`` the services read
+    (e.g. ``{"ttldb": {"type": "sqlite"}}``); the store's files go under ``state_dir``.
+    Close ``ctx.services`` (``await ctx.services.close()``) when the test opened a store.
+    """
+    import logging
+    import time as _time
+    from dataclasses import replace
+
+    from .api import Context
+    from .services import Services
+    from .settings import Settings
+
+    base = Settings()
+    overrides: dict[str, Any] = {}
+    if state_dir is not None:
+        overrides["state_dir"] = os.fspath(state_dir)
+    if sysconfdir is not None:
+        overrides["sysconfdir"] = sysconfdir
+    server_settings = replace(base, **overrides) if overrides else base
+    all_sections = {k: dict(v) for k, v in (sections or {}).items()}
+    services = Services(
+        server_settings,
+        lambda section: dict(all_sections.get(section, {})),
+        dry_run=dry_run,
+        clock=clock or _time.time,
+    )
+    merged = {**(defaults or {}), **(settings or {})}
+    return Context(
+        name=name,
+        settings=merged,
+        services=services,
+        log=logging.getLogger(f"courier_pyfilter.filters.{name}"),
+        clock=clock or _time.time,
+        dry_run=dry_run,
+    )
