@@ -40,6 +40,18 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
 
 
+async def _consume_request(reader: asyncio.StreamReader) -> None:
+    """Read the request up to its empty line, so closing does not reset the connection."""
+    tail = b""
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            while chunk := await reader.read(65536):
+                seen = tail + chunk
+                if b"\n\n" in seen or b"\n\r\n" in seen:
+                    return
+                tail = seen[-2:]
+
+
 class Relay:
     """Passes courierfilter connections on ``socket_path`` through to ``backend``."""
 
@@ -70,6 +82,7 @@ class Relay:
                     b_reader, b_writer = await asyncio.open_unix_connection(self.backend)
             except (OSError, TimeoutError) as exc:
                 log.error("filter service at %s unavailable (%s); answering 451", self.backend, exc)
+                await _consume_request(reader)
                 writer.write(format_reply(UNAVAILABLE.reply()))
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.drain()

@@ -102,6 +102,10 @@ async def relay(settings: Any, ready_fd: int | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: log.warning("relay: nothing to reload; reload the service instead"),
+    )
     watch_stdin(loop, stop.set)
     await stop.wait()
     await relay.stop(settings.drain_timeout)
