@@ -225,13 +225,6 @@ async def test_multiline_reply_passed_through() -> None:
     assert reply == "517-first\n517 second"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: chain.run adds the bypass set for any ACCEPT; "
-        "the original only for a reply starting with 2"
-    ),
-)
 @pytest.mark.parametrize("code", ["100", "300"])
 async def test_non_2xx_accept_with_for_stops_chain(code: str) -> None:
     # The original only continues on a reply whose first character is "2".
@@ -335,12 +328,6 @@ async def test_cancellation_propagates() -> None:
         await task
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: chain._run_one catches Exception only; SystemExit from a filter kills the daemon"
-    ),
-)
 async def test_systemexit_in_filter_is_a_failure() -> None:
     result = await Chain([entry("a", SystemExit(1))]).run(MESSAGE)
     assert result.decision is INTERNAL_ERROR

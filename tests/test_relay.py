@@ -489,11 +489,6 @@ async def test_relay_removes_stale_twin_in_filters_dir(setup: Setup) -> None:
     assert oct(setup.relay_socket.stat().st_mode & 0o777) == oct(0o660)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the relay has no SIGHUP handler: SIGHUP kills it and leaves its socket behind, "
-    "so Courier answers 432 until filterctl restarts it (docs/running.md notes this)",
-)
 async def test_relay_survives_sighup(running: Setup) -> None:
     relay = running.relay
     assert relay is not None

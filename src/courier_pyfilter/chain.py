@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .deadline import Deadline
 from .decision import CONTINUE, OK, Decision, Verdict
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ class Chain:
             verdict = decision.verdict
             if verdict is Verdict.CONTINUE:
                 continue
-            if verdict is Verdict.ACCEPT and entry.bypass:
+            if verdict is Verdict.ACCEPT and entry.bypass and decision.code[0] == "2":
                 bypass = bypass | entry.bypass
                 continue
             return ChainResult(decision, entry.name, outcomes, clock() - started)
@@ -228,10 +229,13 @@ class Chain:
         return ChainResult(OK, deciding, outcomes, clock() - started)
 
     async def _run_one(self, entry: ChainEntry, message: Message) -> tuple[Decision, str | None]:
+        task = asyncio.current_task()
+        deadline = None if task is None else Deadline(task.get_loop(), task, entry.timeout)
         try:
-            async with asyncio.timeout(entry.timeout):
-                decision = await entry.runner.check(message)
-        except TimeoutError:
+            decision = await entry.runner.check(message)
+        except asyncio.CancelledError:
+            if deadline is None or not deadline.expired():
+                raise
             entry.log.error(
                 'The "%s" filter did not finish within %.1f s; using its failure action: %s',
                 entry.name,
@@ -239,9 +243,8 @@ class Chain:
                 entry.on_timeout,
             )
             return entry.on_timeout, "timeout"
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a legacy filter calling sys.exit() must not end the daemon.
             entry.log.error(
                 'Uncaught exception in "%s" filter: %s: %s; using its failure action: %s',
                 entry.name,
@@ -251,6 +254,9 @@ class Chain:
                 exc_info=True,
             )
             return entry.on_error, f"{type(exc).__name__}: {exc}"
+        finally:
+            if deadline is not None:
+                deadline.cancel()
         if not isinstance(decision, Decision):
             entry.log.error(
                 '"%s" filter returned %r, not a Decision; using its failure action: %s',

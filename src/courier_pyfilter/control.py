@@ -32,9 +32,10 @@ Only :class:`ControlFileError` is ever raised by this module.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_MAX_RECORDS",
@@ -67,6 +68,7 @@ NOTIFY_LETTERS = frozenset("SFDN")
 """The DSN NOTIFY letters Courier writes in ``N`` records: Success, Failure, Delay, Never."""
 
 _WS = b" \t\r\v\f"
+_WS_STR = " \t\r\v\f"
 _FORBIDDEN_IN_VALUE = ("\n", "\r", "\x00")
 
 
@@ -91,8 +93,7 @@ def encode_value(value: str) -> bytes:
         raise ControlFileError(f"value cannot be encoded: {value!r}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class ControlRecord:
+class ControlRecord(NamedTuple):
     """One line of a control file."""
 
     key: str
@@ -143,45 +144,113 @@ class Recipient:
         return "S" in self.notify
 
 
-@dataclass(frozen=True, slots=True)
 class ControlFile:
-    """One parsed control file."""
+    """One parsed control file: a read-only view that decodes records when asked.
 
-    file_index: int
-    """Position of this file in the message's list of control files."""
-    records: tuple[ControlRecord, ...]
-    """Every non-empty line, in file order."""
-    recipients: tuple[Recipient, ...]
-    """All recipients of this file in Courier's numbering, delivered ones included."""
-    complete: bool = True
-    """False when the data did not end with ``\\n`` (the last record may be cut off)."""
+    Parsing only splits the lines and indexes the first record of each letter; records
+    and recipients are built on first access, so a filter chain that reads two values
+    does not pay for the rest.
+    """
+
+    __slots__ = ("_first", "_lines", "_recipients", "_records", "complete", "file_index")
+
+    def __init__(self, file_index: int, lines: Sequence[bytes], complete: bool = True) -> None:
+        self.file_index = file_index
+        """Position of this file in the message's list of control files."""
+        self.complete = complete
+        """False when the data did not end with ``\\n`` (the last record may be cut off)."""
+        self._lines = tuple(lines)
+        # first line of each key byte: build reversed so the first occurrence wins
+        self._first: dict[bytes, bytes] = {line[:1]: line for line in reversed(self._lines)}
+        self._records: tuple[ControlRecord, ...] | None = None
+        self._recipients: tuple[Recipient, ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"ControlFile(file_index={self.file_index}, records={len(self._lines)})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ControlFile):
+            return NotImplemented
+        return (self.file_index, self._lines, self.complete) == (
+            other.file_index,
+            other._lines,
+            other.complete,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.file_index, self._lines, self.complete))
+
+    @property
+    def records(self) -> tuple[ControlRecord, ...]:
+        """Every non-empty line, in file order."""
+        if self._records is None:
+            self._records = tuple(_record(line) for line in self._lines)
+        return self._records
+
+    @property
+    def recipients(self) -> tuple[Recipient, ...]:
+        """All recipients of this file in Courier's numbering, delivered ones included."""
+        if self._recipients is None:
+            self._recipients = self._build_recipients()
+        return self._recipients
+
+    def _build_recipients(self) -> tuple[Recipient, ...]:
+        rcpts: list[list[str]] = []
+        done: set[int] = set()
+        for line in self._lines:
+            key = line[:1]
+            if key == b"r":
+                rcpts.append([_value(line), "", ""])
+            elif key == b"R":
+                if rcpts:
+                    rcpts[-1][1] = _value(line)
+            elif key == b"N":
+                if rcpts:
+                    rcpts[-1][2] = _value(line)
+            elif key == b"S" or key == b"F":
+                idx = _delivery_index(_value(line))
+                if idx is not None:
+                    done.add(idx)
+        return tuple(
+            Recipient(addr, orig, notify, self.file_index, i, i in done)
+            for i, (addr, orig, notify) in enumerate(rcpts)
+        )
 
     def values(self, key: str) -> tuple[str, ...]:
         """The values of every record with this key letter, in file order."""
-        return tuple(r.value for r in self.records if r.key == key)
+        k = encode_value(key)[:1]
+        return tuple(_value(line) for line in self._lines if line[:1] == k)
 
     def first(self, key: str) -> str | None:
         """The value of the first record with this key letter, or None."""
-        for r in self.records:
-            if r.key == key:
-                return r.value
-        return None
+        line = self._first.get(_key_bytes(key))
+        return None if line is None else _value(line)
 
     def has(self, key: str) -> bool:
         """True when a record with this key letter exists."""
-        return any(r.key == key for r in self.records)
+        return _key_bytes(key) in self._first
 
 
-def _iter_lines(data: bytes) -> Iterator[bytes]:
-    start = 0
-    n = len(data)
-    while start < n:
-        end = data.find(b"\n", start)
-        if end < 0:
-            yield data[start:]
-            return
-        yield data[start:end]
-        start = end + 1
+_KEY_BYTES: dict[str, bytes] = {}
+
+
+def _key_bytes(key: str) -> bytes:
+    try:
+        return _KEY_BYTES[key]
+    except KeyError:
+        raw = encode_value(key)[:1] if key else b""
+        if len(_KEY_BYTES) < 1024:
+            _KEY_BYTES[key] = raw
+        return raw
+
+
+def _value(line: bytes) -> str:
+    """A record's value: everything after the key byte, stripped, decoded."""
+    return line[1:].strip(_WS).decode("utf-8", "surrogateescape")
+
+
+def _record(line: bytes) -> ControlRecord:
+    return ControlRecord(decode_value(line[:1]), _value(line), line)
 
 
 def _delivery_index(value: str) -> int | None:
@@ -206,45 +275,17 @@ def parse_control(
     :attr:`ControlFile.records`.  Raises :class:`ControlFileError` when ``data`` is longer
     than ``max_size`` bytes or has more than ``max_records`` records.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ControlFileError(f"control data must be bytes, not {type(data).__name__}")
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray | memoryview):
+            raise ControlFileError(f"control data must be bytes, not {type(data).__name__}")
+        data = bytes(data)
     if len(data) > max_size:
         raise ControlFileError(f"control file too large: {len(data)} > {max_size} bytes")
-    records: list[ControlRecord] = []
-    # recipient builder: [address, original, notify] in Courier's numbering
-    rcpts: list[list[str]] = []
-    done: set[int] = set()
-    for line in _iter_lines(data):
-        if not line:
-            continue
-        if len(records) >= max_records:
-            raise ControlFileError(f"control file has more than {max_records} records")
-        key = decode_value(line[:1])
-        value = decode_value(line[1:].strip(_WS))
-        records.append(ControlRecord(key, value, line))
-        if key == "r":
-            rcpts.append([value, "", ""])
-        elif key == "R":
-            if rcpts:
-                rcpts[-1][1] = value
-        elif key == "N":
-            if rcpts:
-                rcpts[-1][2] = value
-        elif key in ("S", "F"):
-            idx = _delivery_index(value)
-            if idx is not None:
-                done.add(idx)
-    recipients = tuple(
-        Recipient(addr, orig, notify, file_index, i, i in done)
-        for i, (addr, orig, notify) in enumerate(rcpts)
-    )
-    return ControlFile(
-        file_index=file_index,
-        records=tuple(records),
-        recipients=recipients,
-        complete=not data or data.endswith(b"\n"),
-    )
+    complete = not data or data.endswith(b"\n")
+    lines = [line for line in data.split(b"\n") if line]
+    if len(lines) > max_records:
+        raise ControlFileError(f"control file has more than {max_records} records")
+    return ControlFile(file_index, lines, complete)
 
 
 def _parse_int(value: str | None) -> int | None:
@@ -259,9 +300,24 @@ def _parse_int(value: str | None) -> int | None:
         return None
 
 
+_IP_CACHE: dict[str, IPAddress | None] = {}
+
+
 def _parse_ip(raw: str | None) -> IPAddress | None:
     if raw is None:
         return None
+    try:
+        return _IP_CACHE[raw]
+    except KeyError:
+        pass
+    ip = _parse_ip_uncached(raw)
+    if len(_IP_CACHE) >= 4096:
+        _IP_CACHE.clear()
+    _IP_CACHE[raw] = ip
+    return ip
+
+
+def _parse_ip_uncached(raw: str) -> IPAddress | None:
     text = raw.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
@@ -299,110 +355,195 @@ def _empty_to_none(value: str | None) -> str | None:
     return value if value else None
 
 
-@dataclass(frozen=True, slots=True)
+class _Lazy:
+    """A computed, cached attribute of :class:`ControlData`."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        cache = obj._cache
+        try:
+            return cache[self.name]
+        except KeyError:
+            value = cache[self.name] = self.fn(obj)
+            return value
+
+
 class ControlData:
     """Typed read-only view of a message's control file(s).
 
     Message-level values come from the first control file (the first record with the
     letter; Courier writes each once); recipients come from all files.  Build one with
-    :meth:`from_files` or :func:`parse_controls`.
+    :meth:`from_files` or :func:`parse_controls`.  Every attribute is computed on first
+    access and cached.
     """
 
-    files: tuple[ControlFile, ...] = ()
-    """The parsed control files, in the order submit listed them."""
-    sender: str | None = None
-    """Envelope sender (``s``); ``''`` for the null sender ``<>``; None without ``s``."""
-    received_from: str | None = None
-    """The ``f`` record, ``dns; HELO (RDNS [IP])``; None without one."""
-    helo: str | None = None
-    """The HELO/EHLO name: second word of the ``f`` record."""
-    rdns: str | None = None
-    """The client's reverse-DNS name when the ``f`` record has one before ``[IP]``."""
-    client_ip: IPAddress | None = None
-    """Client address from ``OTCPREMOTEIP=`` (IPv4-mapped IPv6 becomes IPv4); None when
-    absent or invalid (see :attr:`client_ip_raw`)."""
-    client_ip_raw: str | None = None
-    """The ``TCPREMOTEIP`` value exactly as written; None without one."""
-    envid: str | None = None
-    """DSN ENVID (``e``); None when absent or empty."""
-    dsn_ret: str | None = None
-    """DSN RET (``t``): ``"F"`` (full) or ``"H"`` (headers); None when absent or empty."""
-    msgid: str | None = None
-    """Courier's queue id (``M``)."""
-    auth_user: str | None = None
-    """SMTP AUTH user (``i``); None when the client did not authenticate."""
-    source: str | None = None
-    """Message source (``u``): ``smtp``, ``authsmtp``, ``local``, ..."""
-    expires: int | None = None
-    """Expiry time, epoch seconds (``E``)."""
-    fax_expires: int | None = None
-    """Fax-module expiry, epoch seconds (``p``)."""
-    warning_time: int | None = None
-    """When a delay warning is due, epoch seconds (``W``)."""
-    eightbit: bool = False
-    """``8``: the body has 8-bit content."""
-    smtputf8: bool = False
-    """``m``: SMTPUTF8 message (8-bit headers)."""
-    verp: bool = False
-    """``V``: VERP the sender."""
-    track: bool = False
-    """``T``: address tracking (backscatter suppression)."""
-    warning_sent: bool = False
-    """``w``: the delay warning was sent already."""
-    vhost: str | None = None
-    """Virtual host (``v``)."""
-    security: str | None = None
-    """Requested security level (``U``), e.g. ``STARTTLS``."""
-    cancelled: str | None = None
-    """Cancellation reason (``X``)."""
-    options: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    """Environment options from ``ONAME=value`` records (first file; later ones win)."""
-    all_recipients: tuple[Recipient, ...] = ()
-    """Every recipient of every file, delivered ones included."""
+    __slots__ = ("_cache", "files")
+
+    def __init__(self, files: Sequence[ControlFile] = ()) -> None:
+        self.files: tuple[ControlFile, ...] = tuple(files)
+        """The parsed control files, in the order submit listed them."""
+        self._cache: dict[str, Any] = {}
 
     @classmethod
     def from_files(cls, files: Sequence[ControlFile]) -> ControlData:
         """Combine the parsed control files of one message."""
-        files = tuple(files)
-        if not files:
-            return cls()
-        first = files[0]
-        options: dict[str, str] = {}
-        for value in first.values("O"):
-            name, _, val = value.partition("=")
-            options[name] = val
-        ip_raw = options.get("TCPREMOTEIP")
-        received_from = first.first("f")
-        helo, rdns = _parse_from_mta(received_from)
-        return cls(
-            files=files,
-            sender=first.first("s"),
-            received_from=received_from,
-            helo=helo,
-            rdns=rdns,
-            client_ip=_parse_ip(ip_raw),
-            client_ip_raw=ip_raw,
-            envid=_empty_to_none(first.first("e")),
-            dsn_ret=_empty_to_none(first.first("t")),
-            msgid=first.first("M"),
-            auth_user=first.first("i"),
-            source=first.first("u"),
-            expires=_parse_int(first.first("E")),
-            fax_expires=_parse_int(first.first("p")),
-            warning_time=_parse_int(first.first("W")),
-            eightbit=first.has("8"),
-            smtputf8=first.has("m"),
-            verp=first.has("V"),
-            track=first.has("T"),
-            warning_sent=first.has("w"),
-            vhost=first.first("v"),
-            security=first.first("U"),
-            cancelled=first.first("X"),
-            options=MappingProxyType(options),
-            all_recipients=tuple(r for f in files for r in f.recipients),
-        )
+        return cls(files)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ControlData):
+            return NotImplemented
+        return self.files == other.files
+
+    def __hash__(self) -> int:
+        return hash(self.files)
+
+    def __repr__(self) -> str:
+        return f"ControlData(sender={self.sender!r}, recipients={len(self.recipients)})"
+
+    def _first(self, key: str) -> str | None:
+        return self.files[0].first(key) if self.files else None
+
+    def _has(self, key: str) -> bool:
+        return self.files[0].has(key) if self.files else False
 
     @property
+    def sender(self) -> str | None:
+        """Envelope sender (``s``); ``''`` for the null sender ``<>``; None without ``s``."""
+        return self._first("s")
+
+    @property
+    def received_from(self) -> str | None:
+        """The ``f`` record, ``dns; HELO (RDNS [IP])``; None without one."""
+        return self._first("f")
+
+    @_Lazy
+    def _from_mta(self) -> tuple[str | None, str | None]:
+        return _parse_from_mta(self.received_from)
+
+    @property
+    def helo(self) -> str | None:
+        """The HELO/EHLO name: second word of the ``f`` record."""
+        return self._from_mta[0]  # type: ignore[no-any-return]
+
+    @property
+    def rdns(self) -> str | None:
+        """The client's reverse-DNS name when the ``f`` record has one before ``[IP]``."""
+        return self._from_mta[1]  # type: ignore[no-any-return]
+
+    @property
+    def client_ip(self) -> IPAddress | None:
+        """Client address from ``OTCPREMOTEIP=`` (IPv4-mapped IPv6 becomes IPv4); None when
+        absent or invalid (see :attr:`client_ip_raw`)."""
+        return _parse_ip(self.client_ip_raw)
+
+    @property
+    def client_ip_raw(self) -> str | None:
+        """The ``TCPREMOTEIP`` value exactly as written; None without one."""
+        value: str | None = self.options.get("TCPREMOTEIP")
+        return value
+
+    @property
+    def envid(self) -> str | None:
+        """DSN ENVID (``e``); None when absent or empty."""
+        return _empty_to_none(self._first("e"))
+
+    @property
+    def dsn_ret(self) -> str | None:
+        """DSN RET (``t``): ``"F"`` (full) or ``"H"`` (headers); None when absent or empty."""
+        return _empty_to_none(self._first("t"))
+
+    @property
+    def msgid(self) -> str | None:
+        """Courier's queue id (``M``)."""
+        return self._first("M")
+
+    @property
+    def auth_user(self) -> str | None:
+        """SMTP AUTH user (``i``); None when the client did not authenticate."""
+        return self._first("i")
+
+    @property
+    def source(self) -> str | None:
+        """Message source (``u``): ``smtp``, ``authsmtp``, ``local``, ..."""
+        return self._first("u")
+
+    @property
+    def expires(self) -> int | None:
+        """Expiry time, epoch seconds (``E``)."""
+        return _parse_int(self._first("E"))
+
+    @property
+    def fax_expires(self) -> int | None:
+        """Fax-module expiry, epoch seconds (``p``)."""
+        return _parse_int(self._first("p"))
+
+    @property
+    def warning_time(self) -> int | None:
+        """When a delay warning is due, epoch seconds (``W``)."""
+        return _parse_int(self._first("W"))
+
+    @property
+    def eightbit(self) -> bool:
+        """``8``: the body has 8-bit content."""
+        return self._has("8")
+
+    @property
+    def smtputf8(self) -> bool:
+        """``m``: SMTPUTF8 message (8-bit headers)."""
+        return self._has("m")
+
+    @property
+    def verp(self) -> bool:
+        """``V``: VERP the sender."""
+        return self._has("V")
+
+    @property
+    def track(self) -> bool:
+        """``T``: address tracking (backscatter suppression)."""
+        return self._has("T")
+
+    @property
+    def warning_sent(self) -> bool:
+        """``w``: the delay warning was sent already."""
+        return self._has("w")
+
+    @property
+    def vhost(self) -> str | None:
+        """Virtual host (``v``)."""
+        return self._first("v")
+
+    @property
+    def security(self) -> str | None:
+        """Requested security level (``U``), e.g. ``STARTTLS``."""
+        return self._first("U")
+
+    @property
+    def cancelled(self) -> str | None:
+        """Cancellation reason (``X``)."""
+        return self._first("X")
+
+    @_Lazy
+    def options(self) -> Mapping[str, str]:
+        """Environment options from ``ONAME=value`` records (first file; later ones win)."""
+        options: dict[str, str] = {}
+        if self.files:
+            for value in self.files[0].values("O"):
+                name, _, val = value.partition("=")
+                options[name] = val
+        return MappingProxyType(options)
+
+    @_Lazy
+    def all_recipients(self) -> tuple[Recipient, ...]:
+        """Every recipient of every file, delivered ones included."""
+        return tuple(r for f in self.files for r in f.recipients)
+
+    @_Lazy
     def recipients(self) -> tuple[Recipient, ...]:
         """Recipients still to be delivered (not ``done``, non-empty address)."""
         return tuple(r for r in self.all_recipients if not r.done and r.address)

@@ -22,7 +22,7 @@ verdict                     typical reply              effect
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "CONTINUE",
@@ -89,6 +89,7 @@ class Decision:
     verdict: Verdict
     code: str = ""
     lines: tuple[str, ...] = ()
+    _reply: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.verdict is Verdict.CONTINUE:
@@ -103,6 +104,14 @@ class Decision:
             raise ReplyFormatError("a final decision needs at least one reply line")
         for line in self.lines:
             _check_line(line)
+        last = len(self.lines) - 1
+        object.__setattr__(
+            self,
+            "_reply",
+            "\n".join(
+                f"{self.code}{' ' if i == last else '-'}{line}" for i, line in enumerate(self.lines)
+            ),
+        )
 
     # -- constructors -------------------------------------------------------------------
 
@@ -146,6 +155,9 @@ class Decision:
         first = raw_lines[0]
         code = first[:3]
         _check_code(code)
+        verdict = _FIRST_DIGIT_VERDICT.get(code[0])
+        if verdict is None:
+            raise ReplyFormatError(f"reply code {code} is not a courierfilter reply class")
         lines: list[str] = []
         for raw in raw_lines:
             raw = raw.rstrip("\r")
@@ -156,7 +168,7 @@ class Decision:
                 lines.append(rest)
             else:
                 lines.append(raw)
-        return cls(_FIRST_DIGIT_VERDICT[code[0]], code, tuple(lines))
+        return cls(verdict, code, tuple(lines))
 
     # -- rendering ----------------------------------------------------------------------
 
@@ -165,12 +177,7 @@ class Decision:
 
         No trailing newline; the protocol layer adds it.  ``CONTINUE`` renders as ``""``.
         """
-        if self.verdict is Verdict.CONTINUE:
-            return ""
-        last = len(self.lines) - 1
-        return "\n".join(
-            f"{self.code}{' ' if i == last else '-'}{line}" for i, line in enumerate(self.lines)
-        )
+        return self._reply
 
     @property
     def text(self) -> str:

@@ -53,6 +53,17 @@ def resolve_path(raw: str, tmp_dir: str, *, restrict: bool = True) -> str:
     absolute path must lie under ``tmp_dir`` too.  Raises :class:`ProtocolError`.
     """
     path = raw.strip()
+    # Fast path for what Courier sends: an absolute, already normal path under tmp_dir.
+    if (
+        path.startswith(tmp_dir)
+        and path[len(tmp_dir) : len(tmp_dir) + 1] == "/"
+        and not tmp_dir.endswith("/")
+        and "/." not in path
+        and "//" not in path
+        and "\x00" not in path
+        and not path.endswith("/")
+    ):
+        return path
     if not path:
         raise ProtocolError("empty path")
     if "\x00" in path:

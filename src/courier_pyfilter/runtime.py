@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .chain import Chain
-from .loader import build_chain
+from .loader import LegacyRunner, build_chain
 from .server import Generation, ServerError
 from .services import Services
 from .settings import (
@@ -43,11 +45,13 @@ def load_config(settings: Settings) -> LoadedConfig:
     from .legacyconf import load_modules_config, parse_chain_config
 
     modules = load_modules_config(settings.modules_configs)
-    settings = apply_section(
-        settings,
-        modules.section(DAEMON_SECTION),
-        locked=("socket_path", "chain_config", "modules_configs", "log_format"),
-    )
+    defaults = Settings()
+    given = [
+        f.name
+        for f in dataclasses.fields(Settings)
+        if getattr(settings, f.name) != getattr(defaults, f.name)
+    ]
+    settings = apply_section(settings, modules.own_section(DAEMON_SECTION), locked=given)
     chain_path = find_chain_config(settings)
     if chain_path is None:
         searched = (
@@ -80,6 +84,12 @@ async def build_generation(settings: Settings, number: int, *, dry_run: bool = F
             default_timeout=config.settings.filter_timeout,
             generation=number,
         )
+        if any(isinstance(e.runner, LegacyRunner) for e in chain.entries):
+            # Filters written for the original: their courier.* and pythonfilter.ttldb
+            # modules follow this daemon's configuration and store.
+            import courier
+
+            courier.attach_daemon(services, asyncio.get_running_loop())
         await chain.start()
     except BaseException:
         await services.close()
@@ -88,7 +98,12 @@ async def build_generation(settings: Settings, number: int, *, dry_run: bool = F
 
 
 def make_generation_factory(settings: Settings) -> Callable[[int], Awaitable[Generation]]:
-    """The factory the server calls at start and on every SIGHUP."""
+    """The factory the server calls at start and on every SIGHUP.
+
+    ``settings`` are the ones from the command line and environment only: the
+    ``[courier-pyfilter]`` section is applied afresh at every load, so a setting removed
+    from the file returns to its default.
+    """
 
     async def factory(number: int) -> Generation:
         return await build_generation(settings, number)

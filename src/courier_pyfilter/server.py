@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .chain import INTERNAL_ERROR, TIMED_OUT, Chain, ChainResult
+from .deadline import Deadline
 from .decision import Decision, Verdict
 from .protocol import ProtocolError, Request, RequestParser, format_reply
 
@@ -45,6 +46,9 @@ msglog = logging.getLogger("courier_pyfilter.messages")
 MALFORMED = Decision.tempfail("4.3.0 Malformed request from the mail server, try again later")
 REQUEST_TIMED_OUT = Decision.tempfail("4.3.0 Timed out reading the request, try again later")
 SHUTTING_DOWN = Decision.tempfail("4.3.0 Mail filter is restarting, try again later")
+UNAVAILABLE = Decision.tempfail("4.3.0 Mail filtering unavailable, try again later")
+"""The reply while the configuration is broken (the server keeps its socket so that no
+mail passes unfiltered; fix the files and send SIGHUP)."""
 
 
 class ServerError(Exception):
@@ -161,8 +165,7 @@ class _Connection(asyncio.Protocol):
             return
         if request is not None:
             self._cancel_timer()
-            if self._transport is not None:
-                self._transport.pause_reading()
+            # (no pause_reading: it costs a system call; later data is simply ignored)
             self._task = self._server.loop.create_task(self._server.handle(request, self))
 
     def eof_received(self) -> bool:
@@ -213,8 +216,12 @@ class _Connection(asyncio.Protocol):
 class FilterServer:
     """Serves courierfilter requests on a UNIX socket with the current chain."""
 
-    def __init__(self, settings: Settings, factory: GenerationFactory) -> None:
+    def __init__(
+        self, settings: Settings, factory: GenerationFactory, *, restart_on_reload: bool = False
+    ) -> None:
         self.settings = settings
+        self.restart_on_reload = restart_on_reload
+        self.message_log = logs.MessageLog(settings.log_format)
         self._factory = factory
         self.loop = asyncio.get_running_loop()
         self.generation: Generation | None = None
@@ -232,23 +239,40 @@ class FilterServer:
     # -- start / stop -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the chain, then create and publish the socket."""
-        self.generation = await self._new_generation()
-        sock = bind_filter_socket(
-            self.settings.socket_path,
-            mode=self.settings.socket_mode,
-            backlog=self.settings.listen_backlog,
-        )
+        """Load the chain, then create and publish the socket.
+
+        A configuration that cannot be loaded does not stop the server: it publishes its
+        socket anyway and answers every message 451 until a reload succeeds, so that
+        Courier never passes mail unfiltered because of a typo.
+        """
+        try:
+            self.generation = await self._new_generation()
+        except Exception as exc:
+            log.error(
+                "pythonfilter: cannot load the configuration: %s; answering every message "
+                "451 until it is fixed (send SIGHUP to reload)",
+                exc,
+                exc_info=not isinstance(exc, ServerError | ValueError),
+            )
+            self.generation = None
+        try:
+            sock = bind_filter_socket(
+                self.settings.socket_path,
+                mode=self.settings.socket_mode,
+                backlog=self.settings.listen_backlog,
+            )
+        except BaseException:
+            if self.generation is not None:
+                generation, self.generation = self.generation, None
+                await generation.retire()
+            raise
         st = os.stat(self.settings.socket_path)
         self._sock_ino = (st.st_dev, st.st_ino)
         self._server = await self.loop.create_unix_server(
             lambda: _Connection(self), sock=sock, backlog=self.settings.listen_backlog
         )
-        log.info(
-            "pythonfilter listening on %s (%d filters)",
-            self.settings.socket_path,
-            len(self.generation.chain.entries),
-        )
+        count = len(self.generation.chain.entries) if self.generation else 0
+        log.info("pythonfilter listening on %s (%d filters)", self.settings.socket_path, count)
 
     async def _new_generation(self) -> Generation:
         self._generation_number += 1
@@ -294,6 +318,7 @@ class FilterServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+        self.message_log.flush()
         log.info("pythonfilter stopped")
 
     def _remove_socket(self) -> None:
@@ -310,6 +335,8 @@ class FilterServer:
     async def reload(self) -> bool:
         """Build a chain from the current files and swap it in; False if refused."""
         async with self._reload_lock:
+            if self.restart_on_reload:
+                self._restart_process()
             try:
                 new = await self._new_generation()
             except Exception as exc:
@@ -323,6 +350,19 @@ class FilterServer:
                 task.add_done_callback(self._retiring.discard)
             return True
 
+    def _restart_process(self) -> None:
+        """Start over with ``exec`` (after a start-up error in the daemon settings)."""
+        import sys
+
+        log.info("pythonfilter restarting to read its settings again")
+        self.message_log.flush()
+        if self._server is not None:
+            self._server.close()
+        self._remove_socket()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
     # -- one message ------------------------------------------------------------------------
 
     async def handle(self, request: Request, conn: _Connection) -> None:
@@ -330,7 +370,8 @@ class FilterServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        message: Message | None = None
+        result: ChainResult | None = None
+        envelope: tuple[str, str | None, list[str]] | None = None
         try:
             decision, result, message = await self._judge(request)
             if message is not None:
@@ -344,6 +385,9 @@ class FilterServer:
                         message.edit_failed,
                     )
                     decision = INTERNAL_ERROR
+                if result is not None:
+                    # Courier renames or removes the files once it has the reply.
+                    envelope = _envelope(message, decision)
         except asyncio.CancelledError:
             conn.reply(SHUTTING_DOWN.reply())
             raise
@@ -355,8 +399,8 @@ class FilterServer:
         if not conn.reply(decision.reply()):
             log.warning("Courier closed the connection before the reply for %s", request.data_path)
         self.messages_handled += 1
-        if result is not None:
-            self._log_message(result, decision, message)
+        if result is not None and envelope is not None:
+            self._log_message(result, decision, envelope)
 
     async def _judge(self, request: Request) -> tuple[Decision, ChainResult | None, Message | None]:
         from .message import Message
@@ -364,15 +408,19 @@ class FilterServer:
         async with self._sem:
             generation = self.generation
             if generation is None:
-                return SHUTTING_DOWN, None, None
+                return (SHUTTING_DOWN if self._stopping.is_set() else UNAVAILABLE), None, None
             chain = generation.chain
             chain.acquire()
             try:
                 message = Message(request.data_path, request.control_paths)
+                task = asyncio.current_task()
+                assert task is not None
+                deadline = Deadline(self.loop, task, self.settings.message_timeout)
                 try:
-                    async with asyncio.timeout(self.settings.message_timeout):
-                        result = await chain.run(message)
-                except TimeoutError:
+                    result = await chain.run(message)
+                except asyncio.CancelledError:
+                    if not deadline.expired():
+                        raise
                     log.error(
                         "message %s: the chain did not finish within %.0f s",
                         request.data_path,
@@ -382,46 +430,51 @@ class FilterServer:
                 except Exception:
                     log.exception("internal error while filtering %s", request.data_path)
                     return INTERNAL_ERROR, None, message
+                finally:
+                    deadline.cancel()
                 return result.decision, result, message
             finally:
                 chain.release()
 
     def _log_message(
-        self, result: ChainResult, decision: Decision, message: Message | None
+        self,
+        result: ChainResult,
+        decision: Decision,
+        envelope: tuple[str, str | None, list[str]],
     ) -> None:
-        msgid = "-"
-        sender: str | None = None
-        recipients: list[str] = []
-        try:
-            if message is not None:
-                control = message.control
-                msgid = control.msgid or "-"
-                if not decision.verdict.delivers:
-                    sender = control.sender
-                    recipients = [r.address for r in control.recipients]
-        except Exception as exc:
-            log.warning("could not read the control file for logging: %s", exc)
+        msgid, sender, recipients = envelope
         reply = decision.reply()
+        out = self.message_log
+        verdict = decision.verdict.value
         if not decision.verdict.delivers:
             for line in logs.reject_lines(result.deciding or "-", sender, recipients, reply):
-                msglog.info(line)
-        msglog.info(
+                out.emit(line, msgid=msgid, verdict=verdict, filter=result.deciding)
+        out.emit(
             logs.accounting_line(
-                msgid, result.seconds, ((o.name, o.seconds) for o in result.outcomes)
-            )
+                msgid, result.seconds, [(o.name, o.seconds) for o in result.outcomes]
+            ),
+            msgid=msgid,
         )
         if self.settings.log_summary:
-            msglog.info(
-                logs.summary_line(
-                    msgid, decision.verdict.value, result.deciding, reply, result.seconds
-                ),
-                extra={
-                    "msgid": msgid,
-                    "verdict": decision.verdict.value,
-                    "filter": result.deciding,
-                    "seconds": round(result.seconds, 6),
-                },
+            out.emit(
+                logs.summary_line(msgid, verdict, result.deciding, reply, result.seconds),
+                msgid=msgid,
+                verdict=verdict,
+                filter=result.deciding,
+                seconds=round(result.seconds, 6),
             )
+
+
+def _envelope(message: Message, decision: Decision) -> tuple[str, str | None, list[str]]:
+    """Message id, and for a refused message sender and recipients, for the log lines."""
+    try:
+        control = message.control
+    except Exception as exc:
+        log.warning("could not read the control file for logging: %s", exc)
+        return "-", None, []
+    if decision.verdict.delivers:
+        return control.msgid or "-", None, []
+    return control.msgid or "-", control.sender, [r.address for r in control.recipients]
 
 
 # -- process-level plumbing ------------------------------------------------------------------

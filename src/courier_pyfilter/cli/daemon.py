@@ -54,15 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Any, Any]:
-    """Settings from defaults, environment, command line and the daemon section.
+def base_settings(args: argparse.Namespace, env: dict[str, str]) -> Any:
+    """Settings from defaults, the environment and the command line (not the files)."""
+    from ..settings import Settings
 
-    Returns ``(settings, modules_config)``.  Raises ``SettingsError``/``ConfigError``.
-    """
-    from ..legacyconf import load_modules_config
-    from ..settings import DAEMON_SECTION, Settings, apply_section, settings_from_env
+    return replace(Settings(), **_given(args, env))
 
-    values, locked = settings_from_env(env)
+
+def _given(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    """The settings given on the command line or in the environment (these win)."""
+    from ..settings import settings_from_env
+
+    values, _locked = settings_from_env(env)
     if args.socket:
         values["socket_path"] = args.socket
     if args.config:
@@ -71,11 +74,22 @@ def build_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Any, 
         values["modules_configs"] = tuple(args.modules_config)
     if args.log_format:
         values["log_format"] = args.log_format
-    locked = sorted(set(locked) | set(values))
-    settings = replace(Settings(), **values)
-    modules = load_modules_config(settings.modules_configs)
-    settings = apply_section(settings, modules.section(DAEMON_SECTION), locked=locked)
-    return settings, modules
+    return values
+
+
+def build_settings(args: argparse.Namespace, env: dict[str, str]) -> tuple[Any, Any]:
+    """The effective settings: :func:`base_settings` plus the ``[courier-pyfilter]`` section.
+
+    Returns ``(settings, base)``.  Raises ``SettingsError``/``ConfigError``.
+    """
+    from ..legacyconf import load_modules_config
+    from ..settings import DAEMON_SECTION, apply_section
+
+    base = base_settings(args, env)
+    modules = load_modules_config(base.modules_configs)
+    locked = sorted(_given(args, env))
+    settings = apply_section(base, modules.own_section(DAEMON_SECTION), locked=locked)
+    return settings, base
 
 
 async def relay(settings: Any, ready_fd: int | None) -> int:
@@ -112,8 +126,20 @@ async def relay(settings: Any, ready_fd: int | None) -> int:
     return 0
 
 
-async def serve(settings: Any, ready_fd: int | None, *, check_only: bool = False) -> int:
-    """Run the server until stdin EOF or SIGTERM; returns the exit status."""
+async def serve(
+    settings: Any,
+    ready_fd: int | None,
+    *,
+    base: Any = None,
+    check_only: bool = False,
+    startup_error: str | None = None,
+) -> int:
+    """Run the server until stdin EOF or SIGTERM; returns the exit status.
+
+    ``base`` are the settings without the configuration file's section (re-applied at
+    every reload).  With ``startup_error`` the daemon settings could not be read: the
+    server then answers every message with 451 and SIGHUP restarts the process.
+    """
     from ..runtime import make_generation_factory
     from ..server import (
         FilterServer,
@@ -123,7 +149,7 @@ async def serve(settings: Any, ready_fd: int | None, *, check_only: bool = False
         watch_stdin,
     )
 
-    factory = make_generation_factory(settings)
+    factory = make_generation_factory(base if base is not None else settings)
     if check_only:
         try:
             generation = await factory(1)
@@ -133,7 +159,14 @@ async def serve(settings: Any, ready_fd: int | None, *, check_only: bool = False
         await generation.retire()
         print(f"configuration OK: {', '.join(generation.chain.names) or '(empty chain)'}")
         return 0
-    server = FilterServer(settings, factory)
+    if startup_error is not None:
+        error = startup_error
+
+        async def broken(number: int) -> Any:
+            raise ServerError(error)
+
+        factory = broken
+    server = FilterServer(settings, factory, restart_on_reload=startup_error is not None)
     try:
         await server.start()
     except ServerError as exc:
@@ -172,22 +205,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..logs import setup_logging
 
     setup_logging(args.log_format or os.environ.get("PYTHONFILTER_LOG_FORMAT") or "text")
+    startup_error: str | None = None
     try:
-        settings, _modules = build_settings(args, dict(os.environ))
+        settings, base = build_settings(args, dict(os.environ))
     except Exception as exc:
         log.error("pythonfilter: configuration error: %s", exc)
-        if ready_fd is not None:
-            os.close(ready_fd)
-        return 1
+        if args.check_config or args.service:
+            if ready_fd is not None:
+                os.close(ready_fd)
+            return 1
+        # Keep Courier's socket answering 451 rather than letting mail pass unfiltered.
+        try:
+            settings = base = base_settings(args, dict(os.environ))
+        except Exception:
+            if ready_fd is not None:
+                os.close(ready_fd)
+            return 1
+        startup_error = f"configuration error: {exc}"
     setup_logging(settings.log_format)
     if args.service:
         if not settings.backend:
             log.error("pythonfilter --service needs 'backend' in [courier-pyfilter]")
             return 1
         settings = replace(settings, socket_path=settings.backend)
+        base = replace(base, socket_path=settings.backend)
     elif settings.backend and not args.check_config:
         return _run(relay(settings, ready_fd))
-    return _run(serve(settings, ready_fd, check_only=args.check_config))
+    return _run(
+        serve(
+            settings,
+            ready_fd,
+            base=base,
+            check_only=args.check_config,
+            startup_error=startup_error,
+        )
+    )
 
 
 if __name__ == "__main__":

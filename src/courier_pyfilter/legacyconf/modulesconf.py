@@ -323,6 +323,14 @@ class ModulesConfig:
         """Evaluated values of ``[name]`` (a fresh deep copy); empty if absent."""
         return {key: copy.deepcopy(entry.value) for key, entry in self.entries(name).items()}
 
+    def own_section(self, name: str) -> dict[str, Any]:
+        """Like :meth:`section`, without the keys inherited from ``[DEFAULT]``."""
+        return {
+            key: copy.deepcopy(entry.value)
+            for key, entry in self.entries(name).items()
+            if entry.source.section == name
+        }
+
     def raw_section(self, name: str) -> dict[str, str]:
         """Values of ``[name]`` as written (continuation lines joined with newlines)."""
         return {key: entry.raw for key, entry in self.entries(name).items()}
