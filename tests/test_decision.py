@@ -30,12 +30,24 @@ def test_multiline_rendering() -> None:
     [
         ("200 Ok", Verdict.ACCEPT, "200", ("Ok",)),
         ("050 OK", Verdict.ACCEPT_SKIP_COURIER, "050", ("OK",)),
-        ("451 4.7.1 Greylisting in action, please come back in 00:05:00", Verdict.TEMPFAIL, "451",
-         ("4.7.1 Greylisting in action, please come back in 00:05:00",)),
-        ("517-MX server h said:\n517 Sender does not exist: x", Verdict.REJECT, "517",
-         ("MX server h said:", "Sender does not exist: x")),
-        ("554 Virus found - Signature is Eicar\n", Verdict.REJECT, "554",
-         ("Virus found - Signature is Eicar",)),
+        (
+            "451 4.7.1 Greylisting in action, please come back in 00:05:00",
+            Verdict.TEMPFAIL,
+            "451",
+            ("4.7.1 Greylisting in action, please come back in 00:05:00",),
+        ),
+        (
+            "517-MX server h said:\n517 Sender does not exist: x",
+            Verdict.REJECT,
+            "517",
+            ("MX server h said:", "Sender does not exist: x"),
+        ),
+        (
+            "554 Virus found - Signature is Eicar\n",
+            Verdict.REJECT,
+            "554",
+            ("Virus found - Signature is Eicar",),
+        ),
         ("421 closing", Verdict.TEMPFAIL, "421", ("closing",)),
         ("550", Verdict.REJECT, "550", ("",)),
     ],
@@ -49,7 +61,7 @@ def test_from_reply_empty_is_continue() -> None:
     assert Decision.from_reply("") is CONTINUE
 
 
-@pytest.mark.parametrize("reply", ["hello", "ok 200", "20", "abc def", "６００ x"])
+@pytest.mark.parametrize("reply", ["hello", "ok 200", "20", "abc def", "\uff16\uff10\uff10 x"])
 def test_from_reply_rejects_garbage(reply: str) -> None:
     with pytest.raises(ReplyFormatError):
         Decision.from_reply(reply)

@@ -26,7 +26,9 @@ def parse_all(data: bytes, tmp: str = TMP, restrict: bool = True) -> Request:
 
 
 def test_observed_request_from_courier() -> None:
-    raw = b"/var/lib/courier/tmp/179560/D1450318\n/var/lib/courier/tmp/179560/1795605627.6883.vm\n\n"
+    raw = (
+        b"/var/lib/courier/tmp/179560/D1450318\n/var/lib/courier/tmp/179560/1795605627.6883.vm\n\n"
+    )
     assert parse_all(raw) == Request(
         "/var/lib/courier/tmp/179560/D1450318",
         ("/var/lib/courier/tmp/179560/1795605627.6883.vm",),
@@ -75,7 +77,9 @@ def test_byte_by_byte_feeding() -> None:
 
 
 def test_crlf_and_surrounding_space_are_tolerated() -> None:
-    assert parse_all(b" /var/lib/courier/tmp/1/D1 \r\n\r\n").data_path == "/var/lib/courier/tmp/1/D1"
+    assert (
+        parse_all(b" /var/lib/courier/tmp/1/D1 \r\n\r\n").data_path == "/var/lib/courier/tmp/1/D1"
+    )
 
 
 def test_empty_first_line_is_an_error() -> None:

@@ -8,7 +8,6 @@ tested in ``test_daemon_process.py``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import stat
@@ -212,7 +211,9 @@ def test_readiness_fd_ignored_under_socket_activation(monkeypatch: pytest.Monkey
 # -- serving ------------------------------------------------------------------------------
 
 
-async def test_reply_and_log_lines(tree: Tree, serve: Any, capfd: pytest.CaptureFixture[str]) -> None:
+async def test_reply_and_log_lines(
+    tree: Tree, serve: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
     # The per-message lines bypass logging: they are batched straight onto stderr.
     server = await serve(factory_for(Probe()))
     assert await send_raw(tree.socket, tree.message("ABC.123")) == b"550 5.7.1 probe says no\n"

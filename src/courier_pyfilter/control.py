@@ -35,7 +35,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 __all__ = [
     "DEFAULT_MAX_RECORDS",
@@ -355,25 +355,6 @@ def _empty_to_none(value: str | None) -> str | None:
     return value if value else None
 
 
-class _Lazy:
-    """A computed, cached attribute of :class:`ControlData`."""
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-        self.name = fn.__name__
-        self.__doc__ = fn.__doc__
-
-    def __get__(self, obj: Any, owner: Any = None) -> Any:
-        if obj is None:
-            return self
-        cache = obj._cache
-        try:
-            return cache[self.name]
-        except KeyError:
-            value = cache[self.name] = self.fn(obj)
-            return value
-
-
 class ControlData:
     """Typed read-only view of a message's control file(s).
 
@@ -383,12 +364,15 @@ class ControlData:
     access and cached.
     """
 
-    __slots__ = ("_cache", "files")
+    __slots__ = ("_all_recipients", "_from_mta_cache", "_options", "_recipients", "files")
 
     def __init__(self, files: Sequence[ControlFile] = ()) -> None:
         self.files: tuple[ControlFile, ...] = tuple(files)
         """The parsed control files, in the order submit listed them."""
-        self._cache: dict[str, Any] = {}
+        self._from_mta_cache: tuple[str | None, str | None] | None = None
+        self._options: Mapping[str, str] | None = None
+        self._all_recipients: tuple[Recipient, ...] | None = None
+        self._recipients: tuple[Recipient, ...] | None = None
 
     @classmethod
     def from_files(cls, files: Sequence[ControlFile]) -> ControlData:
@@ -422,19 +406,20 @@ class ControlData:
         """The ``f`` record, ``dns; HELO (RDNS [IP])``; None without one."""
         return self._first("f")
 
-    @_Lazy
     def _from_mta(self) -> tuple[str | None, str | None]:
-        return _parse_from_mta(self.received_from)
+        if self._from_mta_cache is None:
+            self._from_mta_cache = _parse_from_mta(self.received_from)
+        return self._from_mta_cache
 
     @property
     def helo(self) -> str | None:
         """The HELO/EHLO name: second word of the ``f`` record."""
-        return self._from_mta[0]  # type: ignore[no-any-return]
+        return self._from_mta()[0]
 
     @property
     def rdns(self) -> str | None:
         """The client's reverse-DNS name when the ``f`` record has one before ``[IP]``."""
-        return self._from_mta[1]  # type: ignore[no-any-return]
+        return self._from_mta()[1]
 
     @property
     def client_ip(self) -> IPAddress | None:
@@ -528,25 +513,31 @@ class ControlData:
         """Cancellation reason (``X``)."""
         return self._first("X")
 
-    @_Lazy
+    @property
     def options(self) -> Mapping[str, str]:
         """Environment options from ``ONAME=value`` records (first file; later ones win)."""
-        options: dict[str, str] = {}
-        if self.files:
-            for value in self.files[0].values("O"):
-                name, _, val = value.partition("=")
-                options[name] = val
-        return MappingProxyType(options)
+        if self._options is None:
+            options: dict[str, str] = {}
+            if self.files:
+                for value in self.files[0].values("O"):
+                    name, _, val = value.partition("=")
+                    options[name] = val
+            self._options = MappingProxyType(options)
+        return self._options
 
-    @_Lazy
+    @property
     def all_recipients(self) -> tuple[Recipient, ...]:
         """Every recipient of every file, delivered ones included."""
-        return tuple(r for f in self.files for r in f.recipients)
+        if self._all_recipients is None:
+            self._all_recipients = tuple(r for f in self.files for r in f.recipients)
+        return self._all_recipients
 
-    @_Lazy
+    @property
     def recipients(self) -> tuple[Recipient, ...]:
         """Recipients still to be delivered (not ``done``, non-empty address)."""
-        return tuple(r for r in self.all_recipients if not r.done and r.address)
+        if self._recipients is None:
+            self._recipients = tuple(r for r in self.all_recipients if not r.done and r.address)
+        return self._recipients
 
     @property
     def addresses(self) -> tuple[str, ...]:

@@ -28,8 +28,6 @@ from pathlib import Path
 
 import pytest
 
-import courier.config as cfg
-
 HERE = Path(__file__).resolve().parent
 FILTERS = HERE / "legacy_filters"
 

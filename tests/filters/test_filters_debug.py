@@ -26,7 +26,9 @@ async def test_debug_logs_and_continues(tmp_path: Path, caplog: pytest.LogCaptur
         assert f"control file {path}: os.stat_result(" in text
 
 
-async def test_debug_survives_missing_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_debug_survives_missing_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     msg = make_message(tmp_path)
     os.unlink(msg.data_path)
     ctx = make_context("debug")

@@ -386,13 +386,37 @@ def test_load_refuses_unreadable_and_undecodable_files(tmp_path: Path) -> None:
     assert (info.value.line, info.value.reason) == (3, "not valid UTF-8 text")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read files without permission")
 def test_load_refuses_permission_denied(tmp_path: Path) -> None:
     locked = tmp_path / "locked.conf"
     locked.write_text("[x]\n")
     locked.chmod(0)
-    with pytest.raises(ConfigError):
-        load_modules_config([str(locked)])
+    if os.geteuid() != 0:
+        with pytest.raises(ConfigError):
+            load_modules_config([str(locked)])
+        return
+    # root reads anything: check as an unprivileged user in a forked child instead
+    tmp_path.chmod(0o755)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop to nobody, try, report through the pipe, exit hard
+        status = 3
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                load_modules_config([str(locked)])
+            except ConfigError as exc:
+                os.write(write_end, str(exc).encode())
+                status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0, message
+    assert "cannot read" in message
 
 
 def test_load_reports_value_errors_with_real_path(tmp_path: Path) -> None:
