@@ -14,7 +14,6 @@ plus one summary line per message (``message id=... verdict=... filter=... time=
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -39,6 +38,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message and any ``extra`` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json
+
         data: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -109,6 +110,10 @@ def summary_line(msgid: str, verdict: str, deciding: str | None, reply: str, tot
     )
 
 
+FLUSH_INTERVAL = 0.05
+"""Seconds per-message lines may wait to be written together (one write per batch)."""
+
+
 class MessageLog:
     """The per-message lines, written straight to stderr in batches.
 
@@ -130,6 +135,8 @@ class MessageLog:
     def emit(self, line: str, **fields: Any) -> None:
         """Queue one line (with its JSON fields) for the next flush."""
         if self._json:
+            import json
+
             data = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "level": "info",
@@ -150,7 +157,7 @@ class MessageLog:
                 except RuntimeError:
                     self.flush()
                     return
-            loop.call_soon(self.flush)
+            loop.call_later(FLUSH_INTERVAL, self.flush)
 
     def flush(self) -> None:
         """Write every queued line now."""

@@ -21,12 +21,9 @@ Errors reading or parsing the files raise :class:`MessageError`.
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import os
 from collections.abc import Sequence
-from email.message import EmailMessage
-from email.parser import BytesParser
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .control import (
     DEFAULT_MAX_RECORDS,
@@ -39,11 +36,31 @@ from .control import (
 )
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from .edit import Editor
 
-__all__ = ["EMAIL_POLICY", "Message", "MessageError", "split_header_block"]
+__all__ = ["Message", "MessageError", "split_header_block"]
 
-EMAIL_POLICY = email.policy.default.clone(linesep="\n", raise_on_defect=False)
+def __getattr__(name: str) -> Any:
+    # The email package is imported on first use: chains that never parse a message
+    # (most whitelists) keep the daemon's memory small.
+    if name == "EMAIL_POLICY":
+        return _email_policy()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_POLICY: Any = None
+
+
+def _email_policy() -> Any:
+    """The policy messages are parsed with: LF line ends, defects recorded, never raised."""
+    global _POLICY
+    if _POLICY is None:
+        import email.policy
+
+        _POLICY = email.policy.default.clone(linesep="\n", raise_on_defect=False)
+    return _POLICY
 """The :mod:`email` policy used for parsing: the modern API, tolerant of malformed input
 (problems are recorded in ``.defects`` instead of raised), LF line endings."""
 
@@ -99,7 +116,10 @@ def _read_file(path: str, limit: int | None = None) -> bytes:
 
 
 def _parse(data: bytes, headers_only: bool) -> EmailMessage:
-    msg = BytesParser(policy=EMAIL_POLICY).parsebytes(data, headersonly=headers_only)
+    from email.message import EmailMessage
+    from email.parser import BytesParser
+
+    msg = BytesParser(policy=_email_policy()).parsebytes(data, headersonly=headers_only)
     assert isinstance(msg, EmailMessage)
     return msg
 

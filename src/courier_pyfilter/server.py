@@ -16,6 +16,7 @@ Life cycle (as courierfilter expects it):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -226,7 +227,9 @@ class FilterServer:
         self.loop = asyncio.get_running_loop()
         self.generation: Generation | None = None
         self._generation_number = 0
-        self._sem = asyncio.Semaphore(settings.max_concurrent)
+        self._active = 0
+        self._limit = settings.max_concurrent
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._server: asyncio.AbstractServer | None = None
         self._sock_ino: tuple[int, int] | None = None
         self._connections: set[_Connection] = set()
@@ -405,7 +408,11 @@ class FilterServer:
     async def _judge(self, request: Request) -> tuple[Decision, ChainResult | None, Message | None]:
         from .message import Message
 
-        async with self._sem:
+        if self._active < self._limit and not self._slot_waiters:
+            self._active += 1
+        else:
+            await self._wait_for_slot()  # returns with a slot reserved for us
+        try:
             generation = self.generation
             if generation is None:
                 return (SHUTTING_DOWN if self._stopping.is_set() else UNAVAILABLE), None, None
@@ -435,6 +442,33 @@ class FilterServer:
                 return result.decision, result, message
             finally:
                 chain.release()
+        finally:
+            self._active -= 1
+            self._release_slot()
+
+    async def _wait_for_slot(self) -> None:
+        """Queue for a free slot (``max_concurrent`` messages already run)."""
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._active -= 1  # the slot reserved for us goes to the next in line
+                self._release_slot()
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._slot_waiters.remove(waiter)
+
+    def _release_slot(self) -> None:
+        while self._slot_waiters and self._active < self._limit:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                self._active += 1  # reserved for the woken task
+                waiter.set_result(None)
 
     def _log_message(
         self,
