@@ -94,6 +94,9 @@ def failure_action(
     return decision
 
 
+_NO_BYPASS: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True)
 class ChainEntry:
     """One line of ``pythonfilter.conf`` with its loaded filter."""
@@ -194,15 +197,33 @@ class Chain:
         """Run ``message`` through the filters and return the verdict."""
         clock = self._clock
         started = clock()
-        bypass: frozenset[str] = frozenset()
+        bypass: frozenset[str] = _NO_BYPASS
         outcomes: list[FilterOutcome] = []
         last: Decision = CONTINUE
         last_name: str | None = None
+        # One coroutine for the whole chain (no helper coroutine per filter): every frame
+        # costs memory for each message in flight.
+        task = asyncio.current_task()
         for entry in self.entries:
             if entry.name in bypass:
                 continue
             t0 = clock()
-            decision, error = await self._run_one(entry, message)
+            error: str | None = None
+            deadline = None if task is None else Deadline(task.get_loop(), task, entry.timeout)
+            try:
+                decision = await entry.runner.check(message)
+            except asyncio.CancelledError:
+                if deadline is None or not deadline.expired():
+                    raise
+                decision, error = self._timed_out(entry)
+            except (Exception, SystemExit) as exc:
+                # SystemExit too: a legacy filter calling sys.exit() must not end the daemon.
+                decision, error = self._raised(entry, exc)
+            finally:
+                if deadline is not None:
+                    deadline.cancel()
+            if not isinstance(decision, Decision):
+                decision, error = self._not_a_decision(entry, decision)
             outcome = FilterOutcome(entry.name, decision, clock() - t0, error)
             outcomes.append(outcome)
             if entry.shadow:
@@ -228,41 +249,34 @@ class Chain:
         )
         return ChainResult(OK, deciding, outcomes, clock() - started)
 
-    async def _run_one(self, entry: ChainEntry, message: Message) -> tuple[Decision, str | None]:
-        task = asyncio.current_task()
-        deadline = None if task is None else Deadline(task.get_loop(), task, entry.timeout)
-        try:
-            decision = await entry.runner.check(message)
-        except asyncio.CancelledError:
-            if deadline is None or not deadline.expired():
-                raise
-            entry.log.error(
-                'The "%s" filter did not finish within %.1f s; using its failure action: %s',
-                entry.name,
-                entry.timeout,
-                entry.on_timeout,
-            )
-            return entry.on_timeout, "timeout"
-        except (Exception, SystemExit) as exc:
-            # SystemExit too: a legacy filter calling sys.exit() must not end the daemon.
-            entry.log.error(
-                'Uncaught exception in "%s" filter: %s: %s; using its failure action: %s',
-                entry.name,
-                type(exc).__name__,
-                exc,
-                entry.on_error,
-                exc_info=True,
-            )
-            return entry.on_error, f"{type(exc).__name__}: {exc}"
-        finally:
-            if deadline is not None:
-                deadline.cancel()
-        if not isinstance(decision, Decision):
-            entry.log.error(
-                '"%s" filter returned %r, not a Decision; using its failure action: %s',
-                entry.name,
-                type(decision).__name__,
-                entry.on_error,
-            )
-            return entry.on_error, "not a decision"
-        return decision, None
+    @staticmethod
+    def _timed_out(entry: ChainEntry) -> tuple[Decision, str]:
+        entry.log.error(
+            'The "%s" filter did not finish within %.1f s; using its failure action: %s',
+            entry.name,
+            entry.timeout,
+            entry.on_timeout,
+        )
+        return entry.on_timeout, "timeout"
+
+    @staticmethod
+    def _raised(entry: ChainEntry, exc: BaseException) -> tuple[Decision, str]:
+        entry.log.error(
+            'Uncaught exception in "%s" filter: %s: %s; using its failure action: %s',
+            entry.name,
+            type(exc).__name__,
+            exc,
+            entry.on_error,
+            exc_info=exc,
+        )
+        return entry.on_error, f"{type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def _not_a_decision(entry: ChainEntry, value: object) -> tuple[Decision, str]:
+        entry.log.error(
+            '"%s" filter returned %r, not a Decision; using its failure action: %s',
+            entry.name,
+            type(value).__name__,
+            entry.on_error,
+        )
+        return entry.on_error, "not a decision"

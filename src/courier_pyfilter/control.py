@@ -31,11 +31,15 @@ Only :class:`ControlFileError` is ever raised by this module.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import ipaddress
+
+    IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 __all__ = [
     "DEFAULT_MAX_RECORDS",
@@ -55,7 +59,16 @@ __all__ = [
     "remove_recipient_records",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+def __getattr__(name: str) -> Any:
+    # ``ipaddress`` is imported on first use: a chain that never looks at the client's
+    # address does not keep it in memory.
+    if name == "IPAddress":
+        import ipaddress
+
+        return ipaddress.IPv4Address | ipaddress.IPv6Address
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 DEFAULT_MAX_SIZE = 4 * 1024 * 1024
 """Largest control file accepted by default (bytes).  Real ones are a few hundred bytes
@@ -318,6 +331,8 @@ def _parse_ip(raw: str | None) -> IPAddress | None:
 
 
 def _parse_ip_uncached(raw: str) -> IPAddress | None:
+    import ipaddress
+
     text = raw.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]

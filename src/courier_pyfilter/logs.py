@@ -110,6 +110,9 @@ def summary_line(msgid: str, verdict: str, deciding: str | None, reply: str, tot
     )
 
 
+FLUSH_LINES = 64
+"""Flush at once when this many lines are queued."""
+
 FLUSH_INTERVAL = 0.05
 """Seconds per-message lines may wait to be written together (one write per batch)."""
 
@@ -146,7 +149,9 @@ class MessageLog:
             data.update(fields)
             line = json.dumps(data, default=str, ensure_ascii=False)
         self._buffer.append(line)
-        if not self._scheduled:
+        if len(self._buffer) >= FLUSH_LINES:
+            self.flush()  # a burst of answers: keep the buffer (and the joined copy) small
+        elif not self._scheduled:
             self._scheduled = True
             loop = self._loop
             if loop is None:

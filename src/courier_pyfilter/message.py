@@ -30,7 +30,6 @@ from .control import (
     DEFAULT_MAX_SIZE,
     ControlData,
     ControlFileError,
-    IPAddress,
     Recipient,
     parse_control,
 )
@@ -38,9 +37,11 @@ from .control import (
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+    from .control import IPAddress
     from .edit import Editor
 
 __all__ = ["Message", "MessageError", "split_header_block"]
+
 
 def __getattr__(name: str) -> Any:
     # The email package is imported on first use: chains that never parse a message
@@ -61,6 +62,8 @@ def _email_policy() -> Any:
 
         _POLICY = email.policy.default.clone(linesep="\n", raise_on_defect=False)
     return _POLICY
+
+
 """The :mod:`email` policy used for parsing: the modern API, tolerant of malformed input
 (problems are recorded in ``.defects`` instead of raised), LF line endings."""
 
@@ -160,7 +163,11 @@ class Message:
     ) -> None:
         self.data_path: str = os.fspath(data_path)
         """Path of the data file."""
-        self.control_paths: tuple[str, ...] = tuple(os.fspath(p) for p in control_paths)
+        self.control_paths: tuple[str, ...] = (
+            control_paths  # the server's request already holds a tuple of str: share it
+            if type(control_paths) is tuple and all(type(p) is str for p in control_paths)
+            else tuple(os.fspath(p) for p in control_paths)
+        )
         """Paths of the control files, in the order courierfilter listed them."""
         self._dry_run = dry_run
         self._max_control_size = max_control_size
@@ -171,7 +178,7 @@ class Message:
         self._email: EmailMessage | None = None
         self._generation = 0
         self._data_overlay: bytes | None = None
-        self._control_overlay: dict[int, bytes] = {}
+        self._control_overlay: dict[int, bytes] | None = None  # created by the first edit
         self._edit: Editor | None = None
 
     def __repr__(self) -> str:
@@ -198,7 +205,7 @@ class Message:
                 data = _read_file(path, self._max_control_size)
             except OSError as exc:
                 raise MessageError(f"cannot read control file {path}: {exc}") from exc
-            extra = self._control_overlay.get(i)
+            extra = None if self._control_overlay is None else self._control_overlay.get(i)
             if extra:
                 data += extra
             try:
@@ -369,5 +376,8 @@ class Message:
     def _control_appended(self, file_index: int, data: bytes) -> None:
         """Editor hook: ``data`` was appended to control file ``file_index``."""
         if self._dry_run:
-            self._control_overlay[file_index] = self._control_overlay.get(file_index, b"") + data
+            overlay = self._control_overlay
+            if overlay is None:
+                overlay = self._control_overlay = {}
+            overlay[file_index] = overlay.get(file_index, b"") + data
         self._control = None

@@ -150,7 +150,8 @@ class RequestParser:
             raise ProtocolError("connection closed without a request")
 
     def _build(self) -> Request:
-        paths = [resolve_path(p, self._tmp_dir, restrict=self._restrict) for p in self._lines]
+        lines, self._lines = self._lines, []  # the parser lives as long as the connection
+        paths = [resolve_path(p, self._tmp_dir, restrict=self._restrict) for p in lines]
         return Request(paths[0], tuple(paths[1:]))
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .chain import INTERNAL_ERROR, TIMED_OUT, Chain, ChainResult
-from .deadline import Deadline
+from .deadline import Deadline, wheel_for
 from .decision import Decision, Verdict
 from .protocol import ProtocolError, Request, RequestParser, format_reply
 
@@ -139,7 +139,7 @@ def bind_filter_socket(path: str, *, mode: int = 0o660, backlog: int = 4096) -> 
 class _Connection(asyncio.Protocol):
     """One courierfilter connection: read the request, run the chain, reply, close."""
 
-    __slots__ = ("_parser", "_server", "_task", "_timer", "_transport")
+    __slots__ = ("_parser", "_server", "_task", "_timer", "_transport", "_wheel")
 
     def __init__(self, server: FilterServer) -> None:
         self._server = server
@@ -147,14 +147,14 @@ class _Connection(asyncio.Protocol):
             server.settings.tmp_dir, restrict_paths=server.settings.restrict_paths
         )
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._wheel = server.wheel
+        self._timer: int | None = None  # the request timeout's key in the timer wheel
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         self._server._connections.add(self)
-        loop = self._server.loop
-        self._timer = loop.call_later(self._server.settings.request_timeout, self._request_timeout)
+        self._timer = self._wheel.add(self, self._server.settings.request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._parser.done:
@@ -186,10 +186,11 @@ class _Connection(asyncio.Protocol):
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._wheel.remove(self, self._timer)
             self._timer = None
 
-    def _request_timeout(self) -> None:
+    def expire(self) -> None:
+        """The request timeout (called by the timer wheel)."""
         self._timer = None
         if not self._parser.done:
             self._fail(REQUEST_TIMED_OUT, "request not received in time")
@@ -225,6 +226,7 @@ class FilterServer:
         self.message_log = logs.MessageLog(settings.log_format)
         self._factory = factory
         self.loop = asyncio.get_running_loop()
+        self.wheel = wheel_for(self.loop)
         self.generation: Generation | None = None
         self._generation_number = 0
         self._active = 0
@@ -369,14 +371,57 @@ class FilterServer:
     # -- one message ------------------------------------------------------------------------
 
     async def handle(self, request: Request, conn: _Connection) -> None:
-        """Run one request through the chain and answer it."""
+        """Run one request through the chain and answer it.
+
+        One coroutine from the slot to the reply (no helper coroutines): each frame costs
+        memory for every message in flight.
+        """
+        from .message import Message
+
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        decision: Decision = INTERNAL_ERROR
         result: ChainResult | None = None
+        message: Message | None = None
         envelope: tuple[str, str | None, list[str]] | None = None
         try:
-            decision, result, message = await self._judge(request)
+            if self._active < self._limit and not self._slot_waiters:
+                self._active += 1
+            else:
+                await self._wait_for_slot()  # returns with a slot reserved for us
+            try:
+                generation = self.generation
+                if generation is None:
+                    decision = SHUTTING_DOWN if self._stopping.is_set() else UNAVAILABLE
+                else:
+                    chain = generation.chain
+                    chain.acquire()
+                    try:
+                        message = Message(request.data_path, request.control_paths)
+                        deadline = Deadline(self.loop, task, self.settings.message_timeout)
+                        try:
+                            result = await chain.run(message)
+                            decision = result.decision
+                        except asyncio.CancelledError:
+                            if not deadline.expired():
+                                raise
+                            log.error(
+                                "message %s: the chain did not finish within %.0f s",
+                                request.data_path,
+                                self.settings.message_timeout,
+                            )
+                            decision = TIMED_OUT
+                        except Exception:
+                            log.exception("internal error while filtering %s", request.data_path)
+                            decision = INTERNAL_ERROR
+                        finally:
+                            deadline.cancel()
+                    finally:
+                        chain.release()
+            finally:
+                self._active -= 1
+                self._release_slot()
             if message is not None:
                 # An edit cut off by a deadline is shielded and still running: a reply
                 # must never go out before the files are complete.
@@ -404,47 +449,6 @@ class FilterServer:
         self.messages_handled += 1
         if result is not None and envelope is not None:
             self._log_message(result, decision, envelope)
-
-    async def _judge(self, request: Request) -> tuple[Decision, ChainResult | None, Message | None]:
-        from .message import Message
-
-        if self._active < self._limit and not self._slot_waiters:
-            self._active += 1
-        else:
-            await self._wait_for_slot()  # returns with a slot reserved for us
-        try:
-            generation = self.generation
-            if generation is None:
-                return (SHUTTING_DOWN if self._stopping.is_set() else UNAVAILABLE), None, None
-            chain = generation.chain
-            chain.acquire()
-            try:
-                message = Message(request.data_path, request.control_paths)
-                task = asyncio.current_task()
-                assert task is not None
-                deadline = Deadline(self.loop, task, self.settings.message_timeout)
-                try:
-                    result = await chain.run(message)
-                except asyncio.CancelledError:
-                    if not deadline.expired():
-                        raise
-                    log.error(
-                        "message %s: the chain did not finish within %.0f s",
-                        request.data_path,
-                        self.settings.message_timeout,
-                    )
-                    return TIMED_OUT, None, message
-                except Exception:
-                    log.exception("internal error while filtering %s", request.data_path)
-                    return INTERNAL_ERROR, None, message
-                finally:
-                    deadline.cancel()
-                return result.decision, result, message
-            finally:
-                chain.release()
-        finally:
-            self._active -= 1
-            self._release_slot()
 
     async def _wait_for_slot(self) -> None:
         """Queue for a free slot (``max_concurrent`` messages already run)."""

@@ -101,7 +101,10 @@ class SQLiteBackend(Backend):
             created_dir = True
         if os.path.exists(self.path):
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            return  # another process created it just now (and sets its owner)
         os.close(fd)
         if os.geteuid() == 0:
             uid, gid = _owner_ids(self.owner, directory)
@@ -127,7 +130,27 @@ class SQLiteBackend(Backend):
         return conn
 
     async def open(self) -> None:
-        """Open the writer and reader connections, switch to WAL, create the tables."""
+        """Open the writer and reader connections, switch to WAL, create the tables.
+
+        Another process opening the same new file at the same moment can make SQLite
+        answer "database is locked" without waiting (switching to WAL, WAL recovery);
+        that is retried until ``busy_timeout`` has passed.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max(self.busy_timeout, 1.0)
+        pause = 0.01
+        while True:
+            try:
+                await self._open_once()
+                return
+            except StoreUnavailableError as exc:
+                if not _is_busy(exc.__cause__) or loop.time() >= give_up:
+                    raise
+            self._closed = False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    async def _open_once(self) -> None:
         try:
             if self.read_only:
                 if not await asyncio.to_thread(os.path.exists, self.path):
@@ -467,3 +490,11 @@ class SQLiteBackend(Backend):
             )
 
         await self._guard("import", self._transaction(body))
+
+
+def _is_busy(exc: BaseException | None) -> bool:
+    """True for SQLite's "database is locked"/"busy" errors (worth another try)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
