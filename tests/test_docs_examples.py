@@ -460,3 +460,40 @@ def test_decision_table_replies() -> None:
         assert decision.code == code_
         checked += 1
     assert checked == 4
+
+
+
+def _example_filter_defaults(name: str) -> set[str]:
+    """The setting names a built-in filter knows (its class ``defaults``)."""
+    from courier_pyfilter.loader import _filter_class, find_module
+
+    module = find_module(name).module
+    cls = _filter_class(module)
+    assert cls is not None, f"{name} has no Filter class"
+    return set(cls.defaults)
+
+
+def test_example_configuration_files_match_the_filters() -> None:
+    """Every section of the example modules file belongs to a filter or service that
+    exists, every key set there is one the filter knows, and the example chain (its
+    commented-out lines included) names built-in filters only."""
+    from courier_pyfilter.legacyconf import parse_chain_config, parse_modules_config
+    from courier_pyfilter.loader import find_module
+
+    examples = ROOT / "examples"
+    modules_text = (examples / "pythonfilter-modules.conf").read_text()
+    modules = parse_modules_config([("pythonfilter-modules.conf", modules_text)])
+    services = {"courier-pyfilter", "ttldb", "dns", "authdaemon.py", "quarantine"}
+    filter_sections = [s for s in modules.sections() if s not in services]
+    assert len(filter_sections) > 15
+    for section in filter_sections:
+        assert section.endswith(".py"), section
+        known = _example_filter_defaults(section[:-3])
+        for key in modules.section(section):
+            assert key in known, f"[{section}] {key} is not a setting of the filter"
+    chain_text = (examples / "pythonfilter.conf").read_text()
+    active = [e.name for e in parse_chain_config(chain_text, "pythonfilter.conf").entries]
+    commented = re.findall(r"^# ([a-z][a-z_]*)(?: for [a-z_ ]+)?$", chain_text, re.M)
+    assert len(commented) > 10
+    for name in [*active, *commented]:
+        assert find_module(name).module.__name__ == f"courier_pyfilter.filters.{name}"

@@ -9,7 +9,9 @@ The module globals ``socket_path``, ``TIMEOUT_SOCK``, ``TIMEOUT_WRITE`` and
 is read on the first call, not at import (a value assigned by a filter before that call
 wins); when the default socket path does not exist, Debian's
 ``/run/courier/authdaemon/socket`` is used; the socket is always closed; the answer size is
-bounded; a service or user name containing whitespace raises ``ValueError``.
+bounded; a service or user name containing whitespace raises ``ValueError``; the answer is
+checked strictly by :class:`courier_pyfilter.authdaemon.ReplyParser` (a malformed answer
+raises :class:`AuthDaemonError` instead of being half-parsed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
+
+from courier_pyfilter.authdaemon import AuthdaemonProtocolError, ReplyParser
 
 from . import config
 
@@ -81,7 +85,7 @@ def _timeout(value: float) -> float | None:
     return None if not value else float(value)
 
 
-def _exchange(request: bytes) -> bytes:
+def _exchange(request: bytes) -> dict[str, str] | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         path = _socket_path()
@@ -96,18 +100,19 @@ def _exchange(request: bytes) -> bytes:
         except OSError as exc:
             raise AuthDaemonError(f"cannot write to authdaemond: {exc}") from exc
         sock.settimeout(_timeout(TIMEOUT_READ))
-        reply = b""
-        while not (reply.endswith(b"\n.\n") or reply.endswith(b"FAIL\n") or reply == b".\n"):
+        parser = ReplyParser(MAX_REPLY)
+        while True:
             try:
                 chunk = sock.recv(65536)
             except OSError as exc:
                 raise AuthDaemonError(f"cannot read from authdaemond: {exc}") from exc
             if not chunk:
                 raise AuthDaemonError("authdaemond closed the connection before the end")
-            reply += chunk
-            if len(reply) > MAX_REPLY:
-                raise AuthDaemonError("authdaemond answer too long")
-        return reply
+            try:
+                if parser.feed(chunk):
+                    return parser.result()
+            except AuthdaemonProtocolError as exc:
+                raise AuthDaemonError(f"unusable answer from authdaemond: {exc}") from exc
     finally:
         sock.close()
 
@@ -123,16 +128,7 @@ def get_user_info(service: str, uid: str) -> dict[str, str] | None:
         if not value or any(ch.isspace() for ch in value):
             raise ValueError(f"{what} must be a non-empty word without whitespace: {value!r}")
     _load_config()
-    reply = _exchange(f"PRE . {service} {uid}\n".encode())
-    lines = reply.decode("utf-8", "replace").split("\n")
-    if "FAIL" in lines:
-        return None
-    info: dict[str, str] = {}
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and key:
-            info[key] = value
-    return info
+    return _exchange(f"PRE . {service} {uid}\n".encode())
 
 
 getUserInfo = get_user_info

@@ -148,6 +148,9 @@ class Chain:
         self._idle = asyncio.Event()
         self._idle.set()
         self._started: list[ChainEntry] = []
+        self.prefetch: Callable[[Message], None] | None = None
+        """Called with each message before the first filter (see ``runtime``): starts the
+        DNS lookups the filters declared with ``dns_queries``, so they run concurrently."""
 
     @property
     def names(self) -> list[str]:
@@ -201,6 +204,8 @@ class Chain:
         outcomes: list[FilterOutcome] = []
         last: Decision = CONTINUE
         last_name: str | None = None
+        if self.prefetch is not None:
+            self.prefetch(message)
         # One coroutine for the whole chain (no helper coroutine per filter): every frame
         # costs memory for each message in flight.
         task = asyncio.current_task()
@@ -267,7 +272,8 @@ class Chain:
             type(exc).__name__,
             exc,
             entry.on_error,
-            exc_info=exc,
+            # a backend's own error (DNS, clamd, store ...) says enough without a traceback
+            exc_info=exc if getattr(exc, "log_traceback", True) else None,
         )
         return entry.on_error, f"{type(exc).__name__}: {exc}"
 

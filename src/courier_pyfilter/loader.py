@@ -155,6 +155,17 @@ def find_module(name: str, filter_path: Sequence[str] = (), *, generation: int =
 # -- runners --------------------------------------------------------------------------------
 
 
+def _bind_dns_queries(hook: Any, ctx: Context) -> Callable[[Message], Any] | None:
+    """A filter's optional ``dns_queries(message, ctx)`` hook, bound to its context."""
+    if not callable(hook):
+        return None
+
+    def queries(message: Message) -> Any:
+        return hook(message, ctx)
+
+    return queries
+
+
 class ClassRunner:
     """Runs a :class:`Filter` subclass instance."""
 
@@ -162,6 +173,7 @@ class ClassRunner:
         self.instance = instance
         self.whitelist = bool(type(instance).whitelist)
         self._ctx = instance.ctx
+        self.dns_queries = _bind_dns_queries(getattr(instance, "dns_queries", None), self._ctx)
 
     def check(self, message: Message) -> Any:
         return self.instance.check(message, self._ctx)
@@ -181,6 +193,7 @@ class FunctionRunner:
         self.ctx = ctx
         self.whitelist = bool(getattr(module, "WHITELIST", False))
         self._check = module.check
+        self.dns_queries = _bind_dns_queries(getattr(module, "dns_queries", None), ctx)
 
     def check(self, message: Message) -> Any:
         return self._check(message, self.ctx)
@@ -210,6 +223,7 @@ class LegacyRunner:
         if fn is None:
             raise FilterLoadError(f'legacy filter "{loaded.name}" has no do_filter function')
         self._fn: Callable[[str, list[str]], Any] = fn
+        self.dns_queries: Callable[[Message], Any] | None = None
 
     async def start(self) -> None:
         # The original applies the module's settings to its globals, then calls its init.
@@ -262,15 +276,25 @@ def make_runner(
     cls = _filter_class(module)
     if cls is not None:
         settings = {**cls.defaults, **section}
-        ctx = Context(name=name, settings=settings, services=services, log=logger)
+        ctx = Context(
+            name=name, settings=settings, services=services, log=logger, dry_run=services.dry_run
+        )
         return ClassRunner(cls(ctx)), settings
     check = getattr(module, "check", None)
     if check is not None and inspect.iscoroutinefunction(check):
         settings = {**getattr(module, "DEFAULTS", {}), **section}
-        ctx = Context(name=name, settings=settings, services=services, log=logger)
+        ctx = Context(
+            name=name, settings=settings, services=services, log=logger, dry_run=services.dry_run
+        )
         return FunctionRunner(module, ctx), settings
     if hasattr(module, "do_filter") or hasattr(module, "doFilter"):
-        ctx = Context(name=name, settings=dict(section), services=services, log=logger)
+        ctx = Context(
+            name=name,
+            settings=dict(section),
+            services=services,
+            log=logger,
+            dry_run=services.dry_run,
+        )
         return LegacyRunner(loaded, section, ctx), section
     raise FilterLoadError(
         f'"{name}" ({loaded.origin}) is not a filter: it has no Filter class, '

@@ -36,6 +36,7 @@ from .protocol import ProtocolError, Request, RequestParser, format_reply
 
 if TYPE_CHECKING:
     from .message import Message
+    from .metrics import Metrics
     from .services import Services
     from .settings import Settings
 
@@ -240,6 +241,8 @@ class FilterServer:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[Any]] = set()
         self.messages_handled = 0
+        self.metrics: Metrics | None = None
+        """The Prometheus metrics, when ``metrics_listen`` is set (see ``metrics.py``)."""
 
     # -- start / stop -------------------------------------------------------------------
 
@@ -278,6 +281,10 @@ class FilterServer:
         )
         count = len(self.generation.chain.entries) if self.generation else 0
         log.info("pythonfilter listening on %s (%d filters)", self.settings.socket_path, count)
+        if self.settings.metrics_listen:  # failures are logged, never fatal (mail first)
+            from .metrics import start_metrics
+
+            self.metrics = await start_metrics(self, self.settings.metrics_listen)
 
     async def _new_generation(self) -> Generation:
         self._generation_number += 1
@@ -324,6 +331,8 @@ class FilterServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1)
         self.message_log.flush()
+        if self.metrics is not None:
+            await self.metrics.close()
         log.info("pythonfilter stopped")
 
     def _remove_socket(self) -> None:
@@ -449,6 +458,8 @@ class FilterServer:
         self.messages_handled += 1
         if result is not None and envelope is not None:
             self._log_message(result, decision, envelope)
+        if self.metrics is not None:  # metrics_listen set; off by default
+            self.metrics.message(result, decision)
 
     async def _wait_for_slot(self) -> None:
         """Queue for a free slot (``max_concurrent`` messages already run)."""

@@ -27,6 +27,10 @@ T = TypeVar("T")
 SectionGetter = Callable[[str], Mapping[str, Any]]
 
 
+RETRY_FAILED_AFTER = 5.0
+"""Seconds during which a client that failed to open is not tried again."""
+
+
 class ServiceError(Exception):
     """A service could not be created (bad settings, unreachable server)."""
 
@@ -53,6 +57,7 @@ class Services:
         self._clients: dict[str, Any] = {}
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._locks: dict[str, asyncio.Lock] = {}
+        self._failures: dict[str, tuple[float, BaseException]] = {}
 
     # -- the Courier configuration ------------------------------------------------------
 
@@ -79,7 +84,10 @@ class Services:
     ) -> T:
         """The client called ``name``, created by ``factory`` on first use.
 
-        Concurrent first calls create it once.  ``close`` is awaited at shutdown.
+        Concurrent first calls create it once.  ``close`` is awaited at shutdown.  When
+        ``factory`` fails, its error is raised again without a new attempt for
+        :data:`RETRY_FAILED_AFTER` seconds, so that messages do not each wait for a
+        connection timeout while a backend is down.
         """
         client = self._clients.get(name)
         if client is not None:
@@ -88,7 +96,15 @@ class Services:
         async with lock:
             client = self._clients.get(name)
             if client is None:
-                client = await factory()
+                failed = self._failures.get(name)
+                if failed is not None and time.monotonic() - failed[0] < RETRY_FAILED_AFTER:
+                    raise failed[1].with_traceback(None)
+                try:
+                    client = await factory()
+                except Exception as exc:
+                    self._failures[name] = (time.monotonic(), exc)
+                    raise
+                self._failures.pop(name, None)
                 self._clients[name] = client
                 if close is not None:
                     bound = client

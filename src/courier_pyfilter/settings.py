@@ -21,6 +21,7 @@ __all__ = [
     "SettingsError",
     "apply_section",
     "find_chain_config",
+    "parse_listen_address",
 ]
 
 DAEMON_SECTION = "courier-pyfilter"
@@ -80,6 +81,9 @@ class Settings:
     backend: str | None = None
     """With a systemd-managed service: the service's socket.  ``pythonfilter`` started by
     courierfilter then relays to it; ``pythonfilter --service`` listens on it."""
+    metrics_listen: str = ""
+    """``'host:port'`` of the Prometheus metrics endpoint (``/metrics``); ``''``: off.
+    Needs the ``metrics`` extra (prometheus-client); see ``docs/operating.md``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,6 +110,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "log_summary": bool,
     "courier_config_program": str,
     "backend": str,
+    "metrics_listen": str,
 }
 
 _SECTION_KEYS = {**_TYPES, "filter_path": (list, tuple), "socket": str}
@@ -125,6 +130,8 @@ def _coerce(key: str, value: Any) -> Any:
         raise SettingsError(f"{key} has the wrong type: {value!r}")
     if key == "log_format" and value not in ("text", "json"):
         raise SettingsError("log_format must be 'text' or 'json'")
+    if key == "metrics_listen" and isinstance(value, str) and value:
+        parse_listen_address(value)
     if isinstance(value, int | float):
         if key in ("max_concurrent", "listen_backlog") and value < 1:
             raise SettingsError(f"{key} must be at least 1")
@@ -181,6 +188,30 @@ def find_chain_config(settings: Settings) -> str | None:
         if os.access(candidate, os.R_OK):
             return candidate
     return None
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``'host:port'`` -> ``(host, port)``, for ``metrics_listen``.
+
+    The host may be a name, an IPv4 address or a bracketed IPv6 address (``'[::1]:9464'``);
+    an empty host (``':9464'``) means every interface.  Port 0 picks a free port (tests).
+    Raises :class:`SettingsError` for anything else.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isascii() or not port_text.isdigit():
+        raise SettingsError(f"metrics_listen must be 'host:port', got {text!r}")
+    port = int(port_text)
+    if port > 65535:
+        raise SettingsError(f"metrics_listen: port {port} is out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise SettingsError(f"metrics_listen: empty IPv6 address in {text!r}")
+    elif ":" in host or "[" in host or "]" in host:
+        raise SettingsError(f"metrics_listen: write IPv6 addresses in brackets: {text!r}")
+    if any(c.isspace() for c in host):
+        raise SettingsError(f"metrics_listen: bad host in {text!r}")
+    return host, port
 
 
 def setting_names() -> list[str]:

@@ -44,12 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH")
     p.add_argument("--modules-config", metavar="PATH", action="append")
     p.set_defaults(func=_cmd_check_config)
+    from .check import add_check_parser
+
+    add_check_parser(sub)
     try:
         from .store import add_store_parser
     except ImportError:  # pragma: no cover - store CLI not available
         pass
     else:
         add_store_parser(sub)
+    from .dropmsg import add_dropmsg_parser
+    from .quarantine import add_quarantine_parser
+
+    add_quarantine_parser(sub)
+    add_dropmsg_parser(sub)
     return parser
 
 

@@ -13,6 +13,8 @@ __all__ = ["StoreConfigError", "StoreError", "StoreUnavailableError"]
 class StoreError(Exception):
     """A store operation failed; filters answer with a temporary failure."""
 
+    log_traceback = False  # the chain logs one line: the message says what failed
+
 
 class StoreUnavailableError(StoreError):
     """The backend cannot be reached (PostgreSQL down, SQLite file cannot be opened)."""

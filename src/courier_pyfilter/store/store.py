@@ -23,8 +23,12 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import replace
 from types import TracebackType
 
 from .base import Backend, CounterRow, DatabaseInfo, Entry
@@ -273,6 +277,7 @@ class Store:
         self._purge_tasks: dict[str, asyncio.Task[None]] = {}
         self._db_lock = asyncio.Lock()
         self._closed = False
+        self._scratch: str | None = None  # dry run: the temporary directory to remove
 
     @classmethod
     async def open(
@@ -283,10 +288,28 @@ class Store:
         dry_run: bool = False,
         background_purge: bool = True,
     ) -> Store:
-        """Open the configured backend; raises StoreError (clear message) if unreachable."""
+        """Open the configured backend; raises StoreError (clear message) if unreachable.
+
+        With ``dry_run`` nothing is written (the replay tool): every write to the
+        databases is skipped and nothing is registered.  An SQLite file that does not
+        exist yet is not created: an empty temporary one stands in for it (removed by
+        :meth:`close`), so a dry run as root never leaves a root-owned store behind.
+        """
+        scratch: str | None = None
+        if dry_run and config.backend == "sqlite" and not config.read_only:
+            config, scratch = await asyncio.to_thread(_dry_run_sqlite, config)
         backend = open_backend(config)
-        await backend.open()
-        return cls(backend, config, clock=clock, dry_run=dry_run, background_purge=background_purge)
+        try:
+            await backend.open()
+        except BaseException:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        store = cls(
+            backend, config, clock=clock, dry_run=dry_run, background_purge=background_purge
+        )
+        store._scratch = scratch
+        return store
 
     async def __aenter__(self) -> Store:
         return self
@@ -332,7 +355,8 @@ class Store:
                 )
             else:
                 handle.ttl, handle.purge_interval = ttl, purge_interval
-            imported = await self.backend.register(name, ttl, purge_interval)
+            # A dry run records nothing, not even the database's TTL (and imports nothing).
+            imported = handle.dry_run or await self.backend.register(name, ttl, purge_interval)
             legacy_dir = self.config.legacy_dir if self.config else None
             if legacy_dir and not imported and not handle.dry_run:
                 await self._import_legacy(handle, legacy_dir)
@@ -396,3 +420,17 @@ class Store:
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
         await self.backend.close(timeout)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+def _dry_run_sqlite(config: StoreConfig) -> tuple[StoreConfig, str | None]:
+    """The SQLite configuration a dry run uses: the file itself when it exists (opened as
+    usual, which leaves no journal files behind, unlike a read-only connection; the dry
+    run writes nothing), else an empty scratch file and the directory to remove."""
+    if os.path.exists(config.path):
+        return replace(config, legacy_dir=None), None
+    scratch = tempfile.mkdtemp(prefix="courier-pyfilter-dry-run-")
+    path = os.path.join(scratch, os.path.basename(config.path) or "ttldb.sqlite3")
+    return replace(config, path=path, legacy_dir=None, owner=None), scratch
