@@ -10,6 +10,10 @@
  *
  * Build:  gcc -O2 -Wall -o cload cload.c
  * Usage:  cload -s SOCKET -d DATAFILE -c CTLFILE [-c CTLFILE ...] [options]
+ *         cload -s SOCKET -d DATAFILE -L CTLLIST [options]
+ *   -L FILE  vary the messages: FILE names one control file per line, and message
+ *            number k (in the order they are started) is sent with line k mod N
+ *            (instead of the -c list, which every message gets otherwise)
  *   -n N     connections kept in flight (default 1)
  *   -m N     messages to send in total (default 1000)
  *   -e TEXT  every reply line must start with TEXT (default "200")
@@ -51,6 +55,7 @@ struct slot {
     double started;     /* first connect attempt of the current message */
     double retry_at;    /* when ST_WAIT_RETRY ends */
     int retries;        /* EAGAIN retries used by the current message */
+    long req;           /* index of the request (control file) of the current message */
     size_t sent;        /* request bytes written */
     size_t got;         /* reply bytes read */
     size_t col;         /* column inside the current reply line */
@@ -61,8 +66,10 @@ struct slot {
 
 /* configuration */
 static struct sockaddr_un addr;
-static char *request;
-static size_t request_len;
+static char **requests;     /* one request per control file list (-L), else just one */
+static size_t *request_lens;
+static long n_requests;
+static long next_message;   /* messages started so far: picks the request */
 static const char *expect = "200";
 static size_t expect_len = 3;
 static long max_retries = 5;
@@ -94,8 +101,9 @@ static void die(const char *what)
 
 static void usage(void)
 {
-    fputs("usage: cload -s SOCKET -d DATAFILE -c CTLFILE [-c CTLFILE ...] [-n CONNS] [-m MESSAGES]\n"
-          "             [-e EXPECT] [-r RETRIES] [-R RETRY_MS] [-t TIMEOUT_S] [-l LABEL] [-o FILE]\n",
+    fputs("usage: cload -s SOCKET -d DATAFILE (-c CTLFILE [-c CTLFILE ...] | -L CTLLIST)\n"
+          "             [-n CONNS] [-m MESSAGES] [-e EXPECT] [-r RETRIES] [-R RETRY_MS]\n"
+          "             [-t TIMEOUT_S] [-l LABEL] [-o FILE]\n",
           stderr);
     exit(2);
 }
@@ -193,7 +201,7 @@ static void start_sending(struct slot *s, long idx, int registered)
     if (in_flight > max_in_flight)
         max_in_flight = in_flight;
     /* The request is tiny: it nearly always fits in the socket buffer at once. */
-    ssize_t w = write(s->fd, request, request_len);
+    ssize_t w = write(s->fd, requests[s->req], request_lens[s->req]);
     if (w > 0)
         s->sent = (size_t)w;
     else if (w < 0 && errno != EAGAIN) {
@@ -201,7 +209,7 @@ static void start_sending(struct slot *s, long idx, int registered)
         finish(s);
         return;
     }
-    if (s->sent == request_len) {
+    if (s->sent == request_lens[s->req]) {
         s->st = ST_READING;
         watch(s, idx, EPOLLIN | EPOLLRDHUP, registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD);
     } else {
@@ -252,6 +260,7 @@ static void begin_message(struct slot *slots, long idx)
     struct slot *s = &slots[idx];
     memset(s, 0, sizeof *s);
     s->fd = -1;
+    s->req = next_message++ % n_requests;
     s->started = now();
     attempt(slots, idx);
 }
@@ -278,7 +287,8 @@ static void on_event(struct slot *slots, long idx, uint32_t events)
             finish(s);
             return;
         }
-        ssize_t w = write(s->fd, request + s->sent, request_len - s->sent);
+        size_t len = request_lens[s->req];
+        ssize_t w = write(s->fd, requests[s->req] + s->sent, len - s->sent);
         if (w > 0)
             s->sent += (size_t)w;
         else if (w < 0 && errno != EAGAIN) {
@@ -286,7 +296,7 @@ static void on_event(struct slot *slots, long idx, uint32_t events)
             finish(s);
             return;
         }
-        if (s->sent == request_len) {
+        if (s->sent == len) {
             s->st = ST_READING;
             watch(s, idx, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
         }
@@ -370,15 +380,67 @@ static void print_summary(const char *label, long total, long conns, double wall
     printf("}\n");
 }
 
+/* "DATA\nCTL1\n...CTLn\n\n" */
+static char *build_request(const char *data_path, const char *const *ctl, int n_ctl, size_t *len)
+{
+    size_t n = strlen(data_path) + 2;
+    for (int i = 0; i < n_ctl; i++)
+        n += strlen(ctl[i]) + 1;
+    char *req = malloc(n + 1);
+    if (!req)
+        die("malloc");
+    char *p = req;
+    p += sprintf(p, "%s\n", data_path);
+    for (int i = 0; i < n_ctl; i++)
+        p += sprintf(p, "%s\n", ctl[i]);
+    *p++ = '\n';
+    *len = n;
+    return req;
+}
+
+/* One request per non-empty line of the file at path (-L). */
+static void load_request_list(const char *path, const char *data_path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die(path);
+    char *line = NULL;
+    size_t cap = 0, alloc = 0;
+    ssize_t got;
+    while ((got = getline(&line, &cap, f)) != -1) {
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+            line[--got] = '\0';
+        if (got == 0)
+            continue;
+        if ((size_t)n_requests == alloc) {
+            alloc = alloc ? alloc * 2 : 256;
+            requests = realloc(requests, alloc * sizeof *requests);
+            request_lens = realloc(request_lens, alloc * sizeof *request_lens);
+            if (!requests || !request_lens)
+                die("realloc");
+        }
+        const char *one[1] = { line };
+        requests[n_requests] = build_request(data_path, one, 1, &request_lens[n_requests]);
+        n_requests++;
+    }
+    free(line);
+    fclose(f);
+    if (n_requests == 0) {
+        fprintf(stderr, "cload: %s names no control file\n", path);
+        exit(2);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *sock_path = NULL, *data_path = NULL, *label = "", *lat_file = NULL;
+    const char *ctl_list = NULL;
     const char *ctl[MAX_CTL];
     int n_ctl = 0;
     long conns = 1, total = 1000;
     int opt;
 
-    while ((opt = getopt(argc, argv, "s:d:c:n:m:e:r:R:t:l:o:h")) != -1) {
+    while ((opt = getopt(argc, argv, "s:d:c:L:n:m:e:r:R:t:l:o:h")) != -1) {
         switch (opt) {
         case 's': sock_path = optarg; break;
         case 'd': data_path = optarg; break;
@@ -387,6 +449,7 @@ int main(int argc, char **argv)
                 usage();
             ctl[n_ctl++] = optarg;
             break;
+        case 'L': ctl_list = optarg; break;
         case 'n': conns = atol(optarg); break;
         case 'm': total = atol(optarg); break;
         case 'e': expect = optarg; expect_len = strlen(optarg); break;
@@ -398,7 +461,8 @@ int main(int argc, char **argv)
         default: usage();
         }
     }
-    if (!sock_path || !data_path || n_ctl == 0 || conns < 1 || total < 1 || optind != argc)
+    if (!sock_path || !data_path || (n_ctl == 0) == (ctl_list == NULL) || conns < 1 || total < 1 ||
+        optind != argc)
         usage();
     if (strlen(sock_path) >= sizeof addr.sun_path) {
         fprintf(stderr, "cload: socket path too long\n");
@@ -410,18 +474,16 @@ int main(int argc, char **argv)
     addr.sun_family = AF_UNIX;
     strcpy(addr.sun_path, sock_path);
 
-    /* "DATA\nCTL1\n...CTLn\n\n" */
-    request_len = strlen(data_path) + 2;
-    for (int i = 0; i < n_ctl; i++)
-        request_len += strlen(ctl[i]) + 1;
-    request = malloc(request_len + 1);
-    if (!request)
-        die("malloc");
-    char *p = request;
-    p += sprintf(p, "%s\n", data_path);
-    for (int i = 0; i < n_ctl; i++)
-        p += sprintf(p, "%s\n", ctl[i]);
-    *p++ = '\n';
+    if (ctl_list) {
+        load_request_list(ctl_list, data_path);
+    } else {
+        requests = malloc(sizeof *requests);
+        request_lens = malloc(sizeof *request_lens);
+        if (!requests || !request_lens)
+            die("malloc");
+        requests[0] = build_request(data_path, ctl, n_ctl, &request_lens[0]);
+        n_requests = 1;
+    }
 
     raise_fd_limit();
     struct slot *slots = calloc((size_t)conns, sizeof *slots);

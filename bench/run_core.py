@@ -369,9 +369,17 @@ def spawn(
 
 
 def start_original(
-    venv: Path, top: Path, chain: Sequence[str], filters_dir: Path, tag: str
+    venv: Path,
+    top: Path,
+    chain: Sequence[str],
+    filters_dir: Path,
+    tag: str,
+    extra_modules_conf: str = "",
 ) -> Daemon:
-    """Start courier-pythonfilter 3.0.6 standalone in a fake Courier layout under ``top``."""
+    """Start courier-pythonfilter 3.0.6 standalone in a fake Courier layout under ``top``.
+
+    ``extra_modules_conf`` is appended to its ``pythonfilter-modules.conf`` (filter sections).
+    """
     root = top / f"original-{tag}"
     for sub in ("bin", "etc", "lib", "spool/allfilters", "spool/filters", "spool/tmp"):
         (root / sub).mkdir(parents=True)
@@ -387,7 +395,7 @@ def start_original(
     (root / "etc" / "me").write_text("mx.courier.test\n")
     (root / "etc" / "pythonfilter.conf").write_text("".join(f"{m}\n" for m in chain))
     modules_conf = root / "etc" / "pythonfilter-modules.conf"
-    modules_conf.write_text(f"[ttldb]\ntype = 'dbm'\ndir = '{root / 'lib'}'\n")
+    modules_conf.write_text(f"[ttldb]\ntype = 'dbm'\ndir = '{root / 'lib'}'\n" + extra_modules_conf)
     wrapper = root / "run_original.py"
     wrapper.write_text(ORIGINAL_WRAPPER)
     env = dict(os.environ)
@@ -412,8 +420,12 @@ def start_ours(
     tag: str,
     max_concurrent: int,
     tmp_dir: Path,
+    extra_modules_conf: str = "",
 ) -> Daemon:
-    """Start our daemon with a chain file and a modules.conf under ``top``."""
+    """Start our daemon with a chain file and a modules.conf under ``top``.
+
+    ``extra_modules_conf`` is appended to the modules.conf (filter and ``[dns]`` sections).
+    """
     root = top / f"ours-{tag}"
     (root / "etc").mkdir(parents=True)
     (root / "state").mkdir()
@@ -428,7 +440,7 @@ def start_ours(
         "state_dir": str(root / "state"),
     }
     lines = "".join(f"{key} = {value!r}\n" for key, value in settings.items())
-    modules_conf.write_text("[courier-pyfilter]\n" + lines)
+    modules_conf.write_text("[courier-pyfilter]\n" + lines + extra_modules_conf)
     sock = root / "pythonfilter.sock"
     argv = [
         str(exe),
@@ -475,8 +487,14 @@ def run_cload(
     policy: LoadPolicy,
     label: str,
     timeout_s: float = 120.0,
+    expect: str = "200",
+    ctl_list: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one cload batch against ``daemon``; return its JSON summary plus daemon CPU time."""
+    """Run one cload batch against ``daemon``; return its JSON summary plus daemon CPU time.
+
+    With ``ctl_list`` (a file naming one control file per line) the messages cycle through
+    those control files instead of all using ``work.control``.
+    """
     argv = [
         "nice",
         "-n",
@@ -486,14 +504,13 @@ def run_cload(
         str(daemon.socket),
         "-d",
         str(work.data),
-        "-c",
-        str(work.control),
+        *(["-L", str(ctl_list)] if ctl_list is not None else ["-c", str(work.control)]),
         "-n",
         str(conns),
         "-m",
         str(messages),
         "-e",
-        "200",
+        expect,
         "-r",
         str(policy.retries),
         "-R",

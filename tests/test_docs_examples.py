@@ -462,7 +462,6 @@ def test_decision_table_replies() -> None:
     assert checked == 4
 
 
-
 def _example_filter_defaults(name: str) -> set[str]:
     """The setting names a built-in filter knows (its class ``defaults``)."""
     from courier_pyfilter.loader import _filter_class, find_module

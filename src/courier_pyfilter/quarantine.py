@@ -273,6 +273,30 @@ def _load_or_create_secret(path: str, create: bool) -> bytes:
     return _read_secret(path)
 
 
+def _header_text(headers: Any, name: str) -> str:
+    """A header's value for the notice; never raises (the message may be malformed)."""
+    try:
+        return clean_text(headers.get(name, ""), 300)
+    except Exception:
+        pass
+    try:
+        for key, value in headers.raw_items():  # unparsed, as written
+            if key.lower() == name.lower():
+                return clean_text(value, 300)
+        return ""
+    except Exception:
+        return "(unreadable)"
+
+
+def _notifiable(address: str) -> bool:
+    """True for an address a notice can go to (sendmail argument and header safe)."""
+    return (
+        bool(address)
+        and not address.startswith("-")
+        and not any(ord(c) < 33 or ord(c) == 127 or c in "<>" for c in address)
+    )
+
+
 def _prepare_dir(directory: str, create: bool) -> None:
     if os.path.isdir(directory):
         if create and not os.access(directory, os.W_OK | os.X_OK):
@@ -281,7 +305,7 @@ def _prepare_dir(directory: str, create: bool) -> None:
             )
         return
     if not create:
-        raise QuarantineError(f"quarantine directory {directory} does not exist")
+        return  # a dry run writes nothing; the real run creates it
     try:
         os.mkdir(directory, 0o750)
     except FileExistsError:
@@ -399,6 +423,7 @@ class QuarantineService:
         then nothing stays in the quarantine.  With a dry-run message nothing is stored
         or sent and the record that would have been made is returned.
         """
+        from .edit import EditError
         from .message import MessageError
         from .store import StoreError
 
@@ -407,8 +432,8 @@ class QuarantineService:
         try:
             pending = message.recipients
             headers = await message.headers()
-            header_from = clean_text(headers.get("From", ""), 300)
-            subject = clean_text(headers.get("Subject", ""), 300)
+            header_from = _header_text(headers, "From")
+            subject = _header_text(headers, "Subject")
             record = QuarantineRecord(
                 id=new_id(),
                 time=now,
@@ -441,7 +466,7 @@ class QuarantineService:
             await asyncio.shield(self._discard(record.id))
             if isinstance(exc, QuarantineError):
                 raise
-            if isinstance(exc, OSError | StoreError | MessageError | SendmailError):
+            if isinstance(exc, OSError | StoreError | MessageError | SendmailError | EditError):
                 raise QuarantineError(
                     f"cannot quarantine {record.msgid or 'message'}: {exc}"
                 ) from None
@@ -504,6 +529,11 @@ class QuarantineService:
         jobs: list[tuple[str, bytes]] = []
         if config.notify_recipient:
             for address in record.notified_addresses():
+                if not _notifiable(address):
+                    # sendmail would take it as an option, or it cannot be a header:
+                    # skip it rather than refuse the message for ever
+                    log.warning("quarantine: no notice for %s to recipient %r", record.id, address)
+                    continue
                 release_to = (
                     self.release_address_for(secret, record, address)
                     if config.user_release
@@ -674,7 +704,7 @@ class QuarantineService:
         return record, address
 
     async def _send_refusal(self, requester: str) -> bool:
-        if not requester or requester.startswith("-") or any(ord(c) < 33 for c in requester):
+        if not _notifiable(requester):
             return False
         content = render_release_failure(
             to=requester, me=self.me(), now=self.clock(), contact=self.contact()

@@ -7,9 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-import courier.quarantine as quarantine
 import pythonfilter
 
 
@@ -36,10 +33,3 @@ def test_legacy_path_environment(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "250 one two"
-
-
-def test_quarantine_shim_raises_clearly() -> None:
-    for fn in (quarantine.quarantine, quarantine.release, quarantine.purge, quarantine.init):
-        with pytest.raises(NotImplementedError, match="arrives with the quarantine issue"):
-            fn("x")
-    assert quarantine.config["days"] == 14

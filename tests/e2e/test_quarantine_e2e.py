@@ -1,14 +1,14 @@
 """The quarantine under the real Courier MTA: notice, release by mail, refusal, purge.
 
-The filter ``e2e_quarantine`` (``tests/e2e/filters``) quarantines every message whose
-Subject carries a marker, through :func:`courier_pyfilter.quarantine.quarantine_message`
-- what ``clamav`` does with ``action = 'quarantine'``.  The release alias is installed
-the way an admin does it: ``/etc/courier/aliasdir/.courier-quarantine-<siteid>-default``
-piping to the venv's ``pythonfilter-quarantine -release``, so Courier itself runs the
-command (as its mail user, with ``DEFAULT``/``SENDER`` set) for mail to a release
-address.  Release requests are mailed with Courier's ``sendmail`` as the local user: the
-release addresses are at Courier's ``me`` (the host name here, which has no dot, and
-Courier's ESMTP server refuses dotless domains).
+The chain is ``clamav`` with ``action = 'quarantine'`` against the test suite's real
+clamd (``tests/clamd_fixture.py``: EICAR and a signature of our own).  The release alias
+is installed the way an admin does it: the file
+``/etc/courier/aliasdir/.courier-quarantine-<siteid>-default`` pipes to the venv's
+``pythonfilter-quarantine -release``, so Courier itself runs the command (as its mail
+user, with ``DEFAULT``/``SENDER`` set) for mail to a release address.  Release requests
+are mailed with Courier's ``sendmail`` as the local user: the release addresses are at
+Courier's ``me`` (the host name here, which has no dot, and Courier's ESMTP server
+refuses dotless domains).
 """
 
 from __future__ import annotations
@@ -18,14 +18,25 @@ import os
 import pwd
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from e2e_pyfilter import PyFilterDaemon
-from e2e_smtp import Maildir, SmtpResult, new_token
+
+TESTS = str(Path(__file__).resolve().parent.parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from e2e_pyfilter import PyFilterDaemon  # noqa: E402
+from e2e_smtp import Maildir, SmtpResult, new_token  # noqa: E402
+
+from clamd_fixture import CUSTOM_SIGNATURE_TEXT, EICAR_NAME, clamd_server, eicar  # noqa: E402
+
+__all__ = ["clamd_server"]  # the fixture, used by name below
 
 pytestmark = pytest.mark.courier
 
@@ -38,7 +49,6 @@ LOCAL = "mailtest@courier.test"
 OTHER = "mailtest2@courier.test"
 ADMIN = "mailtest3@courier.test"
 MARKER = "QUARANTINE-ME"
-EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 RELEASE_RE = re.compile(rf"quarantine-{SITEID}-[a-z2-7]{{12}}-[a-z2-7]{{20}}@[A-Za-z0-9.-]+")
 WAIT = 40.0
 
@@ -51,6 +61,7 @@ class Quarantine:
     program: Path
     modules_conf: Path
     pyfilter: PyFilterDaemon
+    clamd_address: str
 
     def sections(self, days: float = 14) -> dict[str, dict[str, object]]:
         """The README's spelling on purpose: ``[Quarantine]`` with camelCase keys."""
@@ -61,15 +72,16 @@ class Quarantine:
                 "days": days,
                 "notifyRecipient": True,
                 "alsoNotify": ADMIN,
-            }
+            },
+            "clamav.py": {"clamd_address": self.clamd_address, "action": "quarantine"},
         }
 
     def configure(self, days: float = 14) -> None:
-        self.pyfilter.configure(["e2e_quarantine"], sections=self.sections(days))
+        self.pyfilter.configure(["clamav"], sections=self.sections(days))
 
     def rewrite_modules_conf(self, days: float) -> None:
         """Change the files only (the daemon keeps running with what it loaded)."""
-        self.pyfilter.setup.write_config(["e2e_quarantine"], self.sections(days))
+        self.pyfilter.setup.write_config(["clamav"], self.sections(days))
 
     def items(self) -> set[str]:
         return {p.name[1:] for p in self.directory.iterdir() if p.name.startswith("D")}
@@ -80,7 +92,7 @@ def _courier_ids() -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def quarantine(pyfilter: PyFilterDaemon) -> Iterator[Quarantine]:
+def quarantine(pyfilter: PyFilterDaemon, clamd_server: Any) -> Iterator[Quarantine]:
     """A quarantine directory for the daemon and the release alias in Courier's aliasdir."""
     run_dir = pyfilter.setup.run_dir
     directory = run_dir / "quarantine"
@@ -88,17 +100,25 @@ def quarantine(pyfilter: PyFilterDaemon) -> Iterator[Quarantine]:
     os.chown(directory, *_courier_ids())
     program = pyfilter.setup.program.parent / "pythonfilter-quarantine"
     assert program.exists(), f"{program} missing: the console script is not installed"
-    existed = ALIAS.exists()
-    assert not existed, f"{ALIAS} exists already; not overwriting someone's alias"
-    ALIAS.write_text(
-        f"| {program} --modules-config {pyfilter.setup.modules_conf} -release\n",
+    _install_alias(ALIAS, f"| {program} --modules-config {pyfilter.setup.modules_conf} -release")
+    setup = Quarantine(
+        directory, program, pyfilter.setup.modules_conf, pyfilter, clamd_server.tcp_address
     )
-    ALIAS.chmod(0o644)
-    setup = Quarantine(directory, program, pyfilter.setup.modules_conf, pyfilter)
     try:
         yield setup
     finally:
         ALIAS.unlink(missing_ok=True)
+
+
+E2E_MARK = "# installed by courier-pyfilter's e2e tests\n"
+
+
+def _install_alias(path: Path, line: str) -> None:
+    """Write an aliasdir file (replacing only one left behind by an earlier run)."""
+    if path.exists() and not path.read_text().startswith(E2E_MARK):
+        pytest.fail(f"{path} exists already; not overwriting someone's alias")
+    path.write_text(f"{E2E_MARK}{line}\n")
+    path.chmod(0o644)
 
 
 def mail_as(user: str, sender: str, recipient: str, subject: str, body: str = "") -> None:
@@ -152,9 +172,10 @@ def header(content: bytes, name: str) -> str:
     return " ".join(match.group(1).split())
 
 
-def quarantine_one(send: Send, box: Maildir, *, eicar: bool) -> tuple[SmtpResult, bytes]:
-    """Send a marked message to LOCAL; return the SMTP result and the notice it got."""
-    body = f"{EICAR}\n" if eicar else "nothing dangerous\n"
+def quarantine_one(send: Send, box: Maildir, *, with_eicar: bool) -> tuple[SmtpResult, bytes]:
+    """Send an infected message to LOCAL (EICAR, or our own test signature); return the
+    SMTP result and the notice it got."""
+    body = (eicar() if with_eicar else CUSTOM_SIGNATURE_TEXT).decode() + "\n"
     token = new_token()
     result = send(recipients=[LOCAL], subject=f"{MARKER} invoice {token}", body=body, token=token)
     assert (result.stage, result.code) == ("data", 250), result
@@ -167,7 +188,7 @@ def test_eicar_is_quarantined_notified_and_released_only_to_a_recipient(
 ) -> None:
     quarantine.configure()
     box, other, admin = maildir("mailtest"), maildir("mailtest2"), maildir("mailtest3")
-    result, notice = quarantine_one(send, box, eicar=True)
+    result, notice = quarantine_one(send, box, with_eicar=True)
 
     # accepted the way the original answers (050 OK -> the client sees 250 OK), not delivered
     assert result.lines == ("OK",), result
@@ -179,7 +200,7 @@ def test_eicar_is_quarantined_notified_and_released_only_to_a_recipient(
     assert re.fullmatch(r"Mail Quarantine System <postmaster@\S+>", header(notice, "From"))
     assert header(notice, "Subject") == "Quarantine notice"
     text = notice.decode("utf-8", "replace")
-    assert "The virus Eicar-Signature was found in the message" in text
+    assert f"The virus {EICAR_NAME} was found in the message" in text
     assert "From:     sender@example.com" in text
     assert f"Subject:  {MARKER} invoice {result.token}" in text
     assert re.search(r"kept until \w{3} \w+ \d\d, \d{4}", text)
@@ -213,7 +234,7 @@ def test_eicar_is_quarantined_notified_and_released_only_to_a_recipient(
     mail_as("mailtest", LOCAL, release, "release please")
     released = wait_for_mail(box, original)
     assert header(released, "Return-Path") == "<>"
-    assert EICAR.encode() in released
+    assert eicar() in released
     assert header(released, "Subject") == f"{MARKER} invoice {result.token}"
     other.assert_absent(original, settle=0.5)
 
@@ -223,7 +244,7 @@ def test_purge_removes_expired_items_which_can_no_longer_be_released(
 ) -> None:
     quarantine.configure()
     box = maildir("mailtest")
-    result, notice = quarantine_one(send, box, eicar=False)
+    result, notice = quarantine_one(send, box, with_eicar=False)
     release = RELEASE_RE.findall(notice.decode("utf-8", "replace"))[0]
     item_id = release.split("-")[2]
     assert item_id in quarantine.items()
@@ -258,3 +279,67 @@ def test_purge_removes_expired_items_which_can_no_longer_be_released(
     mail_as("mailtest", LOCAL, release, "release please")
     wait_for_mail(box, "Quarantine release failed", since=before)
     box.assert_absent(f"X-E2E-Token: {result.token}", settle=1.0)
+
+
+def _queued_with(needle: bytes) -> list[Path]:
+    """Control files in Courier's queue that contain ``needle``."""
+    found = []
+    for path in Path("/var/lib/courier/msgs").rglob("C*"):
+        try:
+            if needle in path.read_bytes():
+                found.append(path)
+        except FileNotFoundError:
+            continue
+    return found
+
+
+@pytest.fixture
+def deferring_address() -> Iterator[str]:
+    """A local address whose delivery always fails temporarily: mail to it stays queued."""
+    alias = Path("/etc/courier/aliasdir/.courier-e2e-defer")
+    _install_alias(alias, "| exit 75")
+    try:
+        yield "e2e-defer@courier.test"
+    finally:
+        alias.unlink(missing_ok=True)
+
+
+def test_dropmsg_takes_a_queued_message_out_of_courier_queue(
+    quarantine: Quarantine, send: Send, deferring_address: str
+) -> None:
+    quarantine.configure()
+    dropmsg = quarantine.program.parent / "dropmsg"
+    target = quarantine.pyfilter.setup.run_dir / "dropped"
+    sender = f"spamrun-{time.time_ns()}@example.net"
+    result = send(sender=sender, recipients=[deferring_address])
+    assert (result.stage, result.code) == ("data", 250), result
+    needle = f"s{sender}\n".encode()
+    deadline = time.monotonic() + WAIT
+    while not (queued := _queued_with(needle)):
+        assert time.monotonic() < deadline, "the message never showed up in the queue"
+        time.sleep(0.1)
+    (control,) = queued
+    data = control.with_name("D" + control.name[1:])
+
+    listed = subprocess.run(
+        [str(dropmsg), "-n", "-s", sender.upper(), "--dir", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert f"would move {control}" in listed.stdout
+    assert control.exists() and not target.exists()
+
+    moved = subprocess.run(
+        [str(dropmsg), "-s", sender, "--dir", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert moved.returncode == 0, moved.stderr
+    assert "1 message(s) moved" in moved.stdout
+    assert not control.exists() and not data.exists() and _queued_with(needle) == []
+    assert {p.name for p in target.iterdir()} == {control.name, data.name}
+    assert needle in (target / control.name).read_bytes()
+    assert f"token {result.token}".encode() in (target / data.name).read_bytes()

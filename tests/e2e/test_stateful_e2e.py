@@ -39,9 +39,7 @@ def test_greylisting_first_attempt_tempfails_retry_after_delay_passes(
     assert (other.stage, other.code) == ("data", 451), other
 
 
-def test_rate_limited_host_gets_a_temporary_failure(
-    pyfilter: PyFilterDaemon, send: Send
-) -> None:
+def test_rate_limited_host_gets_a_temporary_failure(pyfilter: PyFilterDaemon, send: Send) -> None:
     pyfilter.configure(
         ["ratelimit"],
         sections={"ratelimit.py": {"max_connections": 2, "interval": 1}},

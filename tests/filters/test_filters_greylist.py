@@ -596,4 +596,3 @@ def test_database_names_are_the_originals() -> None:
     assert Greylist.defaults["senders_passed_ttl"] == 3110400
     assert Greylist.defaults["senders_not_passed_ttl"] == 86400
     assert Greylist.defaults["senders_purge_interval"] == 7200
-

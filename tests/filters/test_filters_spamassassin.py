@@ -591,3 +591,52 @@ async def test_doc_example_configuration_loads(tmp_path: Path) -> None:
     msg = make(tmp_path)
     decision, _ = await run_filter(msg, {**section, "spamd_address": str(tmp_path / "x.sock")})
     assert decision == INTERNAL_ERROR
+
+
+class _RecordingQuarantine:
+    """Stands in for the quarantine service (its own tests use the real one)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[tuple[str, str]] = []
+
+    async def quarantine(self, message: Message, explanation: str) -> None:
+        if self.fail:
+            from courier_pyfilter.quarantine import QuarantineError
+
+            raise QuarantineError("disk full")
+        self.calls.append((message.data_path, explanation))
+
+
+async def test_action_quarantine_quarantines_spam_and_answers_050(
+    spamd_server: SpamdServer, tmp_path: Path
+) -> None:
+    msg = make(tmp_path, body=SPAM_BODY)
+    settings = settings_for(spamd_server.tcp_address, action="quarantine")
+    ctx = make_context("spamassassin", settings, defaults=SpamAssassin.defaults)
+    service = _RecordingQuarantine()
+    ctx.services.put("quarantine", service)
+    decision, _ = await run_filter(msg, settings, ctx)
+    assert decision.reply() == "050 OK"
+    assert len(service.calls) == 1
+    assert service.calls[0][0] == msg.data_path
+    assert service.calls[0][1].startswith("SpamAssassin found spam in the message: Yes, score=")
+
+
+async def test_failed_quarantine_is_never_a_delivery(
+    spamd_server: SpamdServer, tmp_path: Path
+) -> None:
+    from courier_pyfilter.quarantine import QuarantineError
+
+    msg = make(tmp_path, body=SPAM_BODY)
+    settings = settings_for(spamd_server.tcp_address, action="quarantine")
+    ctx = make_context("spamassassin", settings, defaults=SpamAssassin.defaults)
+    ctx.services.put("quarantine", _RecordingQuarantine(fail=True))
+    with pytest.raises(QuarantineError):  # the chain turns this into its failure action
+        await run_filter(msg, settings, ctx)
+
+
+async def test_unknown_action_is_refused_at_start() -> None:
+    ctx = make_context("spamassassin", {"action": "discard"}, defaults=SpamAssassin.defaults)
+    with pytest.raises(ValueError, match="action must be"):
+        await SpamAssassin(ctx).start()

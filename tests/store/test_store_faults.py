@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from store_testlib import PgCluster
@@ -193,3 +194,29 @@ async def test_sqlite_disk_full(small_fs: str) -> None:
         await asyncio.to_thread(subprocess.run, remount, check=True)
         await db.set("after", data=payload)
         assert await db.contains("after")
+
+
+@pytest.mark.parametrize("in_thread", [True, False], ids=["one-hop", "async-fallback"])
+async def test_sqlite_atomic_operations_with_and_without_the_one_hop_path(
+    sqlite_config: StoreConfig, in_thread: bool
+) -> None:
+    """``set_if_absent`` and ``get_and_touch`` run in one hop to aiosqlite's thread; an
+    aiosqlite without the private ``_execute`` gets the step-by-step transaction."""
+    async with await Store.open(sqlite_config, background_purge=False) as store:
+        backend: Any = store.backend
+        if not in_thread:
+
+            async def step_by_step(body: Any, fallback: Any) -> Any:
+                return await backend._transaction(fallback)
+
+            backend._transaction_in_thread = step_by_step
+        db = await store.database("atomic", ttl=DAY)
+        t = time.time()
+        assert await db.get_and_touch("k", ts=t) is None
+        assert await db.get_or_set("k", ts=t) == (t, True)
+        assert await db.get_or_set("k", ts=t + 1) == (t, False)
+        assert await db.get_and_touch("k", ts=t + 2) == t
+        assert await db.get_and_touch("k", ts=t + 3) == t + 2
+        results = await asyncio.gather(*(db.get_or_set("race", ts=t + i) for i in range(20)))
+        assert sum(inserted for _ts, inserted in results) == 1
+        assert len({ts for ts, _inserted in results}) == 1

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Any
 
@@ -125,13 +126,22 @@ def load_quarantine(paths: Sequence[str]) -> Loaded:
     return Loaded(service, stores)
 
 
-def _setup_logging(stream: IO[str]) -> None:
+@contextlib.contextmanager
+def _logging_to(stream: IO[str]) -> Iterator[None]:
+    """Warnings of the library to ``stream`` while the command runs (then as before, so
+    that calling :func:`main` from Python leaves the caller's logging alone)."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     root = logging.getLogger("courier_pyfilter")
+    saved = (root.handlers[:], root.level, root.propagate)
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     root.propagate = False
+    try:
+        yield
+    finally:
+        root.handlers[:], level, root.propagate = saved
+        root.setLevel(level)
 
 
 def _drain(stdin: IO[bytes] | None) -> None:
@@ -212,16 +222,16 @@ def main(
             )
             return EX_CONFIG
         _drain(stdin)
-    _setup_logging(err)
-    try:
-        loaded = load_quarantine(modules_config_paths(paths, env))
-    except LoadError as exc:
-        print(f"{PROG}: configuration error: {exc}", file=err)
-        # inside a .courier pipe a temporary failure keeps the request until it is fixed
-        return EX_TEMPFAIL if action == "release" else EX_CONFIG
-    if action == "release":
-        return asyncio.run(_release(loaded, env["DEFAULT"], env["SENDER"], err))
-    return asyncio.run(_purge(loaded, out, err, quiet=True))
+    with _logging_to(err):
+        try:
+            loaded = load_quarantine(modules_config_paths(paths, env))
+        except LoadError as exc:
+            print(f"{PROG}: configuration error: {exc}", file=err)
+            # inside a .courier pipe a temporary failure keeps the request until it is fixed
+            return EX_TEMPFAIL if action == "release" else EX_CONFIG
+        if action == "release":
+            return asyncio.run(_release(loaded, env["DEFAULT"], env["SENDER"], err))
+        return asyncio.run(_purge(loaded, out, err, quiet=True))
 
 
 async def _release(loaded: Loaded, token: str, requester: str, err: IO[str]) -> int:

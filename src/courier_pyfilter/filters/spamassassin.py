@@ -197,6 +197,7 @@ class SpamAssassin(Filter):
         "spamd_timeout": DEFAULT_TIMEOUT,
         "spamd_max_concurrency": DEFAULT_MAX_CONCURRENCY,
         "rewrite": "headers",
+        "action": "reject",
     }
 
     def __init__(self, ctx: Context) -> None:
@@ -206,6 +207,7 @@ class SpamAssassin(Filter):
         self.username: str | None = None
         self.reject_score: float | None = None
         self.rewrite = "headers"
+        self.action = "reject"
         self.on_error: Decision = INTERNAL_ERROR
         self.on_timeout: Decision = TIMED_OUT
 
@@ -223,6 +225,10 @@ class SpamAssassin(Filter):
         if rewrite not in REWRITE_MODES:
             raise ValueError(f"rewrite must be one of {', '.join(REWRITE_MODES)}: {rewrite!r}")
         SpamdConfig.from_settings(settings)  # validates the spamd_* settings
+        action = settings.get("action", "reject")
+        if action not in ("reject", "quarantine"):
+            raise ValueError(f"action must be 'reject' or 'quarantine', got {action!r}")
+        self.action = action
         self.max_msg_size = size
         self.username = user
         self.reject_score = _number_or_none(settings, "reject_score")
@@ -234,8 +240,13 @@ class SpamAssassin(Filter):
         self._checked = True
 
     async def start(self) -> None:
-        """Check the settings (a bad value stops the configuration from loading)."""
+        """Check the settings (a bad value stops the configuration from loading); with
+        ``action = 'quarantine'``, make sure the quarantine can be used."""
         self._configure()
+        if self.action == "quarantine":
+            from ..quarantine import quarantine_service
+
+            await quarantine_service(self.ctx)
 
     async def check(self, message: Message, ctx: Context) -> Decision:
         if not self._checked:
@@ -277,7 +288,15 @@ class SpamAssassin(Filter):
             verdict.threshold,
         )
         if reject:
-            return rejection(status or _synthetic_status(verdict))
+            status = status or _synthetic_status(verdict)
+            if self.action == "quarantine":
+                from ..quarantine import quarantine_message
+
+                # QuarantineError propagates: the failure action applies, never delivery
+                return await quarantine_message(
+                    message, ctx, f"SpamAssassin found spam in the message: {status}"
+                )
+            return rejection(status)
         if new is not None:
             await message.edit.replace_message(new)
         return CONTINUE

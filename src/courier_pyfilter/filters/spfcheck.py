@@ -146,6 +146,7 @@ class SpfEvaluations:
             task = asyncio.ensure_future(evaluate())
             task.add_done_callback(self._settled(key))
             entry = (now + self.hold, task)
+            self._entries.pop(key, None)
             self._entries[key] = entry
         return await asyncio.shield(entry[1])
 
@@ -157,15 +158,28 @@ class SpfEvaluations:
                 if entry is not None and entry[1] is task:
                     del self._entries[key]
             else:
+                # re-inserted at the end: the dict stays ordered by expiry time
+                self._entries.pop(key, None)
                 self._entries[key] = (time.monotonic() + self.hold, task)
 
         return done
 
     def _prune(self, now: float) -> None:
-        for key in [k for k, (until, t) in self._entries.items() if t.done() and until <= now]:
-            del self._entries[key]
-        while len(self._entries) >= self.limit:
-            del self._entries[next(iter(self._entries))]
+        """Drop expired verdicts from the oldest end, then the oldest beyond ``limit``.
+
+        Entries are kept in expiry order (every update re-inserts at the end), so this
+        costs only the entries it removes: a scan of the whole table per message would
+        make a busy server spend most of its time here.
+        """
+        entries = self._entries
+        while entries:
+            key = next(iter(entries))
+            until, task = entries[key]
+            if not task.done() or until > now:
+                break
+            del entries[key]
+        while len(entries) >= self.limit:
+            del entries[next(iter(entries))]
 
     async def close(self) -> None:
         """Cancel running evaluations."""
