@@ -596,3 +596,56 @@ def test_database_names_are_the_originals() -> None:
     assert Greylist.defaults["senders_passed_ttl"] == 3110400
     assert Greylist.defaults["senders_not_passed_ttl"] == 86400
     assert Greylist.defaults["senders_purge_interval"] == 7200
+
+
+# -- exemptions through the server's own SPF evaluation and DNSWL lookups ------------------
+
+_TESTS = str(Path(__file__).resolve().parent.parent)  # tests/: the DNS test server
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+pytest_plugins = ["dns_fixture"]  # dns
+
+
+async def _exempting_greylist(dns: Any, tmp_path: Path, **settings: Any) -> Any:
+    from dns_fixture import dns_sections
+
+    sections = {
+        **dns_sections(dns),
+        "ttldb": {"type": "sqlite", "path": str(tmp_path / "grey.sqlite3")},
+    }
+    ctx = make_context("greylist", settings, defaults=Greylist.defaults, sections=sections)
+    flt = Greylist(ctx)
+    await flt.start()
+    return flt, ctx
+
+
+async def test_spf_pass_by_own_evaluation_skips_greylisting(
+    dns: Any, tmp_path: Path, messages: MessageFactory
+) -> None:
+    flt, ctx = await _exempting_greylist(dns, tmp_path, skip_spf_pass=True, spf_source="evaluate")
+    try:
+        # pass.spf.test allows 127.0.0.1 only
+        passing = messages(sender="a@pass.spf.test", client_ip="127.0.0.1")
+        assert await flt.check(passing, ctx) is CONTINUE
+        failing = messages(sender="a@fail.spf.test", client_ip="127.0.0.1")
+        assert (await flt.check(failing, ctx)).verdict is Verdict.TEMPFAIL
+    finally:
+        await ctx.services.close()
+
+
+async def test_own_dnswl_lookup_skips_greylisting_and_a_dns_failure_does_not(
+    dns: Any, tmp_path: Path, messages: MessageFactory
+) -> None:
+    flt, ctx = await _exempting_greylist(dns, tmp_path, skip_dnswl=True, dnswl_zone=["wl.test"])
+    try:
+        listed = messages(client_ip="127.0.0.2")  # in wl.test
+        assert await flt.check(listed, ctx) is CONTINUE
+        assert flt.dns_queries(listed, ctx) == [("2.0.0.127.wl.test", "A")]
+        unlisted = messages(client_ip="192.0.2.1")
+        assert (await flt.check(unlisted, ctx)).verdict is Verdict.TEMPFAIL
+        dns.servfail.add("wl.test")
+        broken = messages(client_ip="127.0.0.2", sender="other@example.org")
+        assert (await flt.check(broken, ctx)).verdict is Verdict.TEMPFAIL  # not exempted
+    finally:
+        await ctx.services.close()

@@ -86,7 +86,18 @@ class _Config:
     ipv6_prefix: int
     skip_spf_pass: bool
     skip_dnswl: bool
+    spf_source: str
+    dnswl_zone: tuple[str, ...]
     missing_ip: str
+
+
+def _zones(value: Any) -> tuple[str, ...]:
+    """``dnswl_zone``: a list of zone names (a single string is one zone)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(z, str) and z for z in value):
+        raise ValueError(f"[{SECTION}] dnswl_zone must be a list of zone names, got {value!r}")
+    return tuple(z.strip(".") for z in value)
 
 
 def _config(settings: Mapping[str, Any]) -> _Config:
@@ -99,6 +110,8 @@ def _config(settings: Mapping[str, Any]) -> _Config:
         ipv6_prefix=setting_int(settings, "ipv6_prefix", SECTION, minimum=0, maximum=128),
         skip_spf_pass=setting_bool(settings, "skip_spf_pass", SECTION),
         skip_dnswl=setting_bool(settings, "skip_dnswl", SECTION),
+        spf_source=setting_choice(settings, "spf_source", SECTION, ("courier", "evaluate")),
+        dnswl_zone=_zones(settings.get("dnswl_zone", ())),
         missing_ip=setting_choice(settings, "missing_ip", SECTION, ("tempfail", "continue")),
     )
 
@@ -115,6 +128,8 @@ class Greylist(Filter):
         "ipv6_prefix": DEFAULT_IPV6_PREFIX,
         "skip_spf_pass": False,
         "skip_dnswl": False,
+        "spf_source": "courier",
+        "dnswl_zone": [],
         "missing_ip": "tempfail",
     }
 
@@ -138,6 +153,11 @@ class Greylist(Filter):
                 cfg.greylist_time,
                 cfg.not_passed_ttl,
             )
+        own_spf = cfg.skip_spf_pass and cfg.spf_source == "evaluate"
+        if own_spf or (cfg.skip_dnswl and cfg.dnswl_zone):
+            from ..dns import dns_resolver
+
+            await dns_resolver(self.ctx)  # no aiodns or a bad [dns]: refuse to start
 
     async def databases(self) -> tuple[TtlDb, TtlDb]:
         """The ``(greylist_NotPassed, greylist_Passed)`` databases, opened on first use."""
@@ -251,25 +271,73 @@ class Greylist(Filter):
     async def spf_result(self, message: Message, ctx: Context) -> str | None:
         """The SPF result for the envelope sender (``pass``, ``fail``, ...), None if unknown.
 
-        Today this reads the ``Received-SPF: ... SPF=MAILFROM;`` field that Courier's
-        esmtpd writes above its ``Received:`` field when ``BOFHSPFMAILFROM`` is enabled
-        (see :func:`courier_spf_results`).  This is the hook where an SPF client of the
-        server's own can be plugged in.
+        First the ``Received-SPF: ... SPF=MAILFROM;`` field that Courier's esmtpd writes
+        above its ``Received:`` field when ``BOFHSPFMAILFROM`` is enabled (see
+        :func:`courier_spf_results`).  Without it, and with ``spf_source = 'evaluate'``,
+        the server's own RFC 7208 evaluation (shared with ``spfcheck`` and
+        ``whitelist_spf`` in the same chain); a DNS failure there means "unknown".
         """
         headers = await message.headers()
-        return courier_spf_results(headers.raw_items()).get("MAILFROM")
+        result = courier_spf_results(headers.raw_items()).get("MAILFROM")
+        if result is not None or self.config.spf_source != "evaluate":
+            return result
+        ip, sender = message.client_ip, message.sender
+        if ip is None or not sender:
+            return None
+        from ..dns import DnsError, dns_resolver
+        from ..spf import check_host
+        from .spfcheck import spf_evaluations
+
+        try:
+            resolver = await dns_resolver(ctx)
+            evaluations = await spf_evaluations(ctx)
+            helo = message.helo or ""
+            receiver = ctx.services.courier.me() or "unknown"
+
+            def evaluate() -> Any:
+                return check_host(ip, sender, helo, resolver, receiver=receiver, timeout=20.0)
+
+            verdict = await evaluations.get((str(ip), sender, helo, 20.0), evaluate)
+        except (DnsError, OSError) as exc:
+            ctx.log.info("greylist: SPF of %s unknown: %s", sender, exc)
+            return None
+        return str(verdict.result)
 
     async def dnswl_zones(self, message: Message, ctx: Context) -> list[str]:
         """The DNS whitelists the client is listed in (empty if none or unknown).
 
-        Today this reads Courier's own ``Authentication-Results: <me>; dnswl=pass
-        dns.zone=...`` field (see :func:`courier_dnswl_zones`).  This is the hook where a
-        DNSWL client of the server's own can be plugged in.
+        Courier's own ``Authentication-Results: <me>; dnswl=pass dns.zone=...`` field
+        (see :func:`courier_dnswl_zones`), and the zones of ``dnswl_zone`` looked up by
+        the server itself (any answer lists the client; a DNS failure does not).
         """
         try:
             me = ctx.services.courier.me()
         except OSError as exc:
             ctx.log.warning("greylist: cannot read Courier's me file: %s", exc)
-            return []
+            me = ""
         headers = await message.headers()
-        return courier_dnswl_zones(headers.raw_items(), authserv_ids(me))
+        listed = courier_dnswl_zones(headers.raw_items(), authserv_ids(me)) if me else []
+        zones = self.config.dnswl_zone
+        ip = message.client_ip
+        if listed or not zones or ip is None:
+            return listed
+        from ..dns import DnsError, dns_resolver, list_name
+
+        resolver = await dns_resolver(ctx)
+        for zone in zones:
+            try:
+                if await resolver.a(list_name(ip, zone)):
+                    listed.append(zone)
+            except DnsError as exc:
+                ctx.log.info("greylist: DNSWL %s unknown for %s: %s", zone, ip, exc)
+        return listed
+
+    def dns_queries(self, message: Message, ctx: Context) -> list[tuple[str, str]]:
+        """The DNSWL lookups :meth:`dnswl_zones` may make, for the chain's prefetch."""
+        cfg = self.config
+        ip = message.client_ip
+        if not cfg.skip_dnswl or not cfg.dnswl_zone or ip is None:
+            return []
+        from ..dns import list_name
+
+        return [(list_name(ip, zone), "A") for zone in cfg.dnswl_zone]
