@@ -16,25 +16,18 @@ the client address.)
 
 from __future__ import annotations
 
-from ..api import Context, Filter, Message
-from ..decision import CONTINUE, Decision
+from typing import TYPE_CHECKING
+
+from ._smtpaccess import SmtpAccessWhitelist
+
+if TYPE_CHECKING:
+    from ..mta import CourierConfig
 
 
-class WhitelistBlock(Filter):
+class WhitelistBlock(SmtpAccessWhitelist):
     """Whitelists clients whose smtpaccess entry sets an empty BLOCK."""
 
-    whitelist = True
+    log_name = "whitelist_block"
 
-    async def check(self, message: Message, ctx: Context) -> Decision:
-        """Accept when the client's smtpaccess entry sets ``BLOCK`` to ``''``."""
-        ip = message.client_ip
-        if ip is None:
-            if message.control.client_ip_invalid:
-                ctx.log.warning(
-                    "whitelist_block: ignoring invalid TCPREMOTEIP %r",
-                    message.control.client_ip_raw,
-                )
-            return CONTINUE
-        if ctx.services.courier.is_whiteblocked(str(ip)):
-            return Decision.accept()
-        return CONTINUE
+    def listed(self, courier: CourierConfig, ip: str) -> bool:
+        return courier.is_whiteblocked(ip)

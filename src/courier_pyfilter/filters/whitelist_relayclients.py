@@ -13,25 +13,18 @@ reading the table continues too (the chain logs it), so it never blocks mail.
 
 from __future__ import annotations
 
-from ..api import Context, Filter, Message
-from ..decision import CONTINUE, Decision
+from typing import TYPE_CHECKING
+
+from ._smtpaccess import SmtpAccessWhitelist
+
+if TYPE_CHECKING:
+    from ..mta import CourierConfig
 
 
-class WhitelistRelayclients(Filter):
+class WhitelistRelayclients(SmtpAccessWhitelist):
     """Whitelists clients whose smtpaccess entry sets RELAYCLIENT."""
 
-    whitelist = True
+    log_name = "whitelist_relayclients"
 
-    async def check(self, message: Message, ctx: Context) -> Decision:
-        """Accept when the client's smtpaccess entry sets RELAYCLIENT."""
-        ip = message.client_ip
-        if ip is None:
-            if message.control.client_ip_invalid:
-                ctx.log.warning(
-                    "whitelist_relayclients: ignoring invalid TCPREMOTEIP %r",
-                    message.control.client_ip_raw,
-                )
-            return CONTINUE
-        if ctx.services.courier.is_relayed(str(ip)):
-            return Decision.accept()
-        return CONTINUE
+    def listed(self, courier: CourierConfig, ip: str) -> bool:
+        return courier.is_relayed(ip)
