@@ -8,14 +8,13 @@ server and fail under ``CI=true``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from store_testlib import FakeClock
 
 from courier_pyfilter.chain import Chain
 from courier_pyfilter.decision import CONTINUE, Verdict
@@ -27,27 +26,6 @@ from courier_pyfilter.services import Services
 from courier_pyfilter.settings import Settings
 from courier_pyfilter.store import Entry, Store
 from courier_pyfilter.testing import MessageFactory, make_context
-
-# -- the store suite's fixtures (both backends, fake clock) ------------------------------
-
-_STORE_TESTS = Path(__file__).resolve().parent.parent / "store"
-if str(_STORE_TESTS) not in sys.path:
-    sys.path.insert(0, str(_STORE_TESTS))
-_spec = importlib.util.spec_from_file_location(
-    "store_conftest_for_auto_whitelist", _STORE_TESTS / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_store_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_store_conftest)
-
-from store_testlib import FakeClock  # noqa: E402
-
-pg_dsn = _store_conftest.pg_dsn
-pg_config = _store_conftest.pg_config
-sqlite_config = _store_conftest.sqlite_config
-store_config = _store_conftest.store_config
-store = _store_conftest.store
-clock = _store_conftest.clock
 
 DAY = 86400.0
 ALICE = "Alice@Example.COM"  # a local user (authenticates)

@@ -10,41 +10,15 @@ the shared database.  Run against both backends; the PostgreSQL case is the clus
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from courier_pyfilter.filters._netkey import md5_key
 from courier_pyfilter.store import Store, StoreConfig
-
-
-# The store tests' fixtures (both backends; PostgreSQL skips without a server but fails
-# under CI=true), loaded from tests/store/conftest.py.
-def _store_fixtures() -> ModuleType:
-    here = Path(__file__).resolve().parent.parent / "store"
-    if str(here) not in sys.path:
-        sys.path.insert(0, str(here))
-    name = "_cpf_store_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, here / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_fx = _store_fixtures()
-pg_dsn = _fx.pg_dsn
-pg_config = _fx.pg_config
-sqlite_config = _fx.sqlite_config
-store_config = _fx.store_config
 
 WORKER = r"""
 import asyncio, json, sys, tempfile

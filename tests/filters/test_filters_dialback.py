@@ -13,14 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import logging
 import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -55,30 +53,6 @@ from test_smtp_callout import CLOSE, HANG, RESET, Conn, FakeMX, smtp_script  # n
 
 pytest_plugins = ["dns_fixture"]  # dns_server, dns
 
-
-# The store tests' fixtures (both backends, fake clock; PostgreSQL skips without a server
-# but fails under CI=true), loaded from tests/store/conftest.py.
-def _store_fixtures() -> ModuleType:
-    here = Path(__file__).resolve().parent.parent / "store"
-    if str(here) not in sys.path:
-        sys.path.insert(0, str(here))
-    name = "_cpf_store_fixtures"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, here / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_fx = _store_fixtures()
-pg_dsn = _fx.pg_dsn
-pg_config = _fx.pg_config
-sqlite_config = _fx.sqlite_config
-store_config = _fx.store_config
-clock = _fx.clock
-store = _fx.store
 
 T0 = 1_700_000_000.0
 DAY = 86400

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,37 +152,6 @@ CLIENT_MESSAGE = (
     b"\n"
     b"A body that is signed.\n"
 )
-
-
-@pytest.fixture(scope="module")
-def dkim_pair() -> tuple[Callable[[bytes], bytes], Callable[[bytes], bool]]:
-    """(sign, verify) with a fresh RSA key; ``sign`` prepends a DKIM-Signature."""
-    dkim = pytest.importorskip("dkim", reason="dkimpy (test extra) is not installed")
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    pem = subprocess.run([openssl, "genrsa", "1024"], capture_output=True, check=True).stdout
-    der = subprocess.run(
-        [openssl, "rsa", "-pubout", "-outform", "DER"], input=pem, capture_output=True, check=True
-    ).stdout
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
-
-    def sign(message: bytes) -> bytes:
-        signature: bytes = dkim.sign(
-            message,
-            b"sel",
-            b"example.com",
-            pem,
-            canonicalize=(b"simple", b"simple"),
-            include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
-            linesep=b"\n",
-        )
-        return signature + message
-
-    def verify(message: bytes) -> bool:
-        return bool(dkim.verify(message, dnsfunc=lambda name, timeout=5: record))
-
-    return sign, verify
 
 
 async def test_dkim_signature_still_verifies(

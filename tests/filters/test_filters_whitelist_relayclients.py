@@ -8,13 +8,13 @@ with Courier's own ``makedat -cidr`` (what ``makesmtpaccess`` runs).
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+import smtpaccess_testlib
+from smtpaccess_testlib import etc, makesmtpaccess, messages
 
-from courier_pyfilter.decision import CONTINUE, Verdict
+from courier_pyfilter.decision import CONTINUE
 from courier_pyfilter.filters.whitelist_relayclients import WhitelistRelayclients
 from courier_pyfilter.legacyconf import parse_modules_config
 from courier_pyfilter.loader import build_chain
@@ -23,7 +23,7 @@ from courier_pyfilter.services import Services
 from courier_pyfilter.settings import Settings
 from courier_pyfilter.testing import MessageFactory, make_context
 
-MAKEDAT = Path("/usr/lib/courier/makedat")
+__all__ = ["etc", "messages"]  # fixtures, used by name
 
 SMTPACCESS = (
     "# Courier smtpaccess/default\n"
@@ -43,54 +43,13 @@ NOT_RELAYED = ["192.168.2.3", "172.16.1.1", "198.51.100.7", "203.0.113.5", "2001
 
 
 def write_sources(etc: Path, text: str = SMTPACCESS) -> None:
-    (etc / "smtpaccess").mkdir(exist_ok=True)
-    (etc / "smtpaccess" / "default").write_text(text)
-
-
-def makesmtpaccess(etc: Path) -> Path:
-    """Compile ``etc/smtpaccess`` into ``etc/smtpaccess.dat`` as makesmtpaccess does."""
-    if not os.access(MAKEDAT, os.X_OK):
-        reason = f"Courier's makedat ({MAKEDAT}) is not installed (apt-get install courier-mta)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    dat = etc / "smtpaccess.dat"
-    subprocess.run(
-        [
-            str(MAKEDAT),
-            f"-src={etc / 'smtpaccess'}",
-            f"-file={dat}",
-            f"-tmp={dat}.tmp",
-            "-cidr",
-        ],
-        check=True,
-        timeout=30,
-    )
-    return dat
-
-
-@pytest.fixture
-def etc(tmp_path: Path) -> Path:
-    path = tmp_path / "etc"
-    path.mkdir()
-    (path / "me").write_text("mx.example.org\n")
-    return path
-
-
-@pytest.fixture
-def messages(tmp_path: Path) -> MessageFactory:
-    path = tmp_path / "msgs"
-    path.mkdir()
-    return MessageFactory(path, sender="someone@example.net", recipients=["user@example.org"])
+    smtpaccess_testlib.write_sources(etc, text)
 
 
 async def decide(etc: Path, messages: MessageFactory, **kwargs: object) -> str | None:
-    ctx = make_context("whitelist_relayclients", sysconfdir=str(etc))
-    decision = await WhitelistRelayclients(ctx).check(messages(**kwargs), ctx)
-    if decision is CONTINUE:
-        return None
-    assert decision.verdict is Verdict.ACCEPT
-    return decision.reply()
+    return await smtpaccess_testlib.decide(
+        WhitelistRelayclients, "whitelist_relayclients", etc, messages, **kwargs
+    )
 
 
 def test_is_a_whitelist() -> None:
