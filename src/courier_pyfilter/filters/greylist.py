@@ -284,20 +284,12 @@ class Greylist(Filter):
         ip, sender = message.client_ip, message.sender
         if ip is None or not sender:
             return None
-        from ..dns import DnsError, dns_resolver
-        from ..spf import check_host
-        from .spfcheck import spf_evaluations
+        from ..dns import DnsError
+        from .spfcheck import evaluate_spf
 
         try:
-            resolver = await dns_resolver(ctx)
-            evaluations = await spf_evaluations(ctx)
-            helo = message.helo or ""
             receiver = ctx.services.courier.me() or "unknown"
-
-            def evaluate() -> Any:
-                return check_host(ip, sender, helo, resolver, receiver=receiver, timeout=20.0)
-
-            verdict = await evaluations.get((str(ip), sender, helo, 20.0), evaluate)
+            verdict = await evaluate_spf(ctx, ip, sender, message.helo or "", receiver)
         except (DnsError, OSError) as exc:
             ctx.log.info("greylist: SPF of %s unknown: %s", sender, exc)
             return None

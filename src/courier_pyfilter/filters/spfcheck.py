@@ -200,6 +200,26 @@ async def spf_evaluations(ctx: Context) -> SpfEvaluations:
     return await ctx.services.get(SERVICE_NAME, factory, close)
 
 
+async def evaluate_spf(
+    ctx: Context,
+    ip: Any,
+    sender: str,
+    helo: str,
+    receiver: str,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> SpfVerdict:
+    """The RFC 7208 verdict for (client, sender, HELO), evaluated on the shared resolver
+    and shared with every filter of the configuration that asks the same question
+    (``spfcheck``, ``whitelist_spf``, ``greylist``'s exemption)."""
+    resolver = await dns_resolver(ctx)
+    evaluations = await spf_evaluations(ctx)
+
+    def evaluate() -> Awaitable[SpfVerdict]:
+        return check_host(ip, sender, helo, resolver, receiver=receiver, timeout=timeout)
+
+    return await evaluations.get((str(ip), sender, helo, timeout), evaluate)
+
+
 # -- the shared filter code -------------------------------------------------------------------
 
 
@@ -263,15 +283,7 @@ class SpfFilter(Filter):
                 return None
         ip = message.client_ip
         assert ip is not None
-        resolver = await dns_resolver(ctx)
-        evaluations = await spf_evaluations(ctx)
-
-        def evaluate() -> Awaitable[SpfVerdict]:
-            return check_host(
-                ip, sender, helo, resolver, receiver=self.receiver, timeout=cfg.spf_timeout
-            )
-
-        return await evaluations.get((str(ip), sender, helo, cfg.spf_timeout), evaluate)
+        return await evaluate_spf(ctx, ip, sender, helo, self.receiver, cfg.spf_timeout)
 
     @staticmethod
     async def _courier_verdict(message: Message, sender: str, helo: str) -> SpfVerdict | None:
