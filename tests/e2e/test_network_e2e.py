@@ -7,22 +7,15 @@ running as Courier's user, reaches them over TCP on 127.0.0.1.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_pyfilter import PyFilterDaemon
+from e2e_smtp import Maildir, SmtpResult
 
-TESTS = str(Path(__file__).resolve().parent.parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from e2e_pyfilter import PyFilterDaemon  # noqa: E402
-from e2e_smtp import Maildir, SmtpResult  # noqa: E402
-
-from clamd_fixture import EICAR_NAME, clamd_server, eicar  # noqa: E402
-from spamd_fixture import GTUBE, spamd_server  # noqa: E402
+from clamd_fixture import EICAR_NAME, clamd_server, eicar
+from spamd_fixture import GTUBE, spamd_server
 
 pytest_plugins = ["dns_fixture"]  # dns_server, dns
 pytestmark = pytest.mark.courier

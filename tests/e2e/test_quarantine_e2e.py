@@ -18,7 +18,6 @@ import os
 import pwd
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,15 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_pyfilter import PyFilterDaemon
+from e2e_smtp import Maildir, SmtpResult, new_token
 
-TESTS = str(Path(__file__).resolve().parent.parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from e2e_pyfilter import PyFilterDaemon  # noqa: E402
-from e2e_smtp import Maildir, SmtpResult, new_token  # noqa: E402
-
-from clamd_fixture import CUSTOM_SIGNATURE_TEXT, EICAR_NAME, clamd_server, eicar  # noqa: E402
+from clamd_fixture import CUSTOM_SIGNATURE_TEXT, EICAR_NAME, clamd_server, eicar
 
 __all__ = ["clamd_server"]  # the fixture, used by name below
 

@@ -21,11 +21,7 @@ from typing import Any
 
 import pytest
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
-if TESTS_DIR not in sys.path:  # clamd_fixture lives in tests/
-    sys.path.insert(0, TESTS_DIR)
-
-from clamd_fixture import (  # noqa: E402
+from clamd_fixture import (
     CUSTOM_NAME,
     CUSTOM_SIGNATURE_TEXT,
     EICAR_NAME,
@@ -36,18 +32,18 @@ from clamd_fixture import (  # noqa: E402
     clamd_server,
     eicar,
 )
-from courier_pyfilter.api import Context, Message  # noqa: E402
-from courier_pyfilter.clamd import ClamdConfigError  # noqa: E402
-from courier_pyfilter.decision import CONTINUE, Decision, Verdict  # noqa: E402
-from courier_pyfilter.filters.clamav import (  # noqa: E402
+from courier_pyfilter.api import Context, Message
+from courier_pyfilter.clamd import ClamdConfigError
+from courier_pyfilter.decision import CONTINUE, Decision, Verdict
+from courier_pyfilter.filters.clamav import (
     QUARANTINE_MODULE,
     ClamAV,
     QuarantineUnavailableError,
     leaf_parts,
 )
-from courier_pyfilter.legacyconf import evaluate, parse_modules_config  # noqa: E402
-from courier_pyfilter.loader import build_chain  # noqa: E402
-from courier_pyfilter.testing import make_context, make_message  # noqa: E402
+from courier_pyfilter.legacyconf import evaluate, parse_modules_config
+from courier_pyfilter.loader import build_chain
+from courier_pyfilter.testing import make_context, make_message
 
 __all__ = ["clamd_factory", "clamd_server"]  # fixtures used by the tests below
 

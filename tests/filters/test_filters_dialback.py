@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import logging
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -43,13 +42,8 @@ from courier_pyfilter.message import Message
 from courier_pyfilter.smtp_callout import CalloutResult, Outcome, SmtpReply, Stage
 from courier_pyfilter.store import Store, StoreError, TtlDb
 from courier_pyfilter.testing import MessageFactory, make_context
-
-TESTS = str(Path(__file__).resolve().parent.parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from dnsserver import TestDnsServer  # noqa: E402
-from test_smtp_callout import CLOSE, HANG, RESET, Conn, FakeMX, smtp_script  # noqa: E402
+from dnsserver import TestDnsServer
+from test_smtp_callout import CLOSE, HANG, RESET, Conn, FakeMX, smtp_script
 
 pytest_plugins = ["dns_fixture"]  # dns_server, dns
 

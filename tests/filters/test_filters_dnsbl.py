@@ -9,7 +9,6 @@ Also: prefetching the lookups of two DNS filters costs about one round trip.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,12 +23,7 @@ from courier_pyfilter.filters.dnsbl import Dnsbl
 from courier_pyfilter.filters.whitelist_dnswl import WhitelistDnswl
 from courier_pyfilter.loader import build_chain
 from courier_pyfilter.testing import make_message
-
-TESTS = str(Path(__file__).resolve().parent.parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from dnsserver import (  # noqa: E402
+from dnsserver import (
     BL2_ONLY_IP,
     CLEAN_DOMAIN,
     CLEAN_IP,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from courier_pyfilter.filters.greylist import (
 from courier_pyfilter.message import Message
 from courier_pyfilter.store import Store, StoreError, TtlDb
 from courier_pyfilter.testing import MessageFactory, make_context
+
+pytest_plugins = ["dns_fixture"]  # dns (the exemption tests)
 
 T0 = 1_700_000_000.0
 GREYLISTED = "451 4.7.1 Greylisting in action, please come back in 00:05:00"
@@ -572,12 +573,6 @@ def test_database_names_are_the_originals() -> None:
 
 
 # -- exemptions through the server's own SPF evaluation and DNSWL lookups ------------------
-
-_TESTS = str(Path(__file__).resolve().parent.parent)  # tests/: the DNS test server
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
-
-pytest_plugins = ["dns_fixture"]  # dns
 
 
 async def _exempting_greylist(dns: Any, tmp_path: Path, **settings: Any) -> Any:

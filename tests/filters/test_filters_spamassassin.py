@@ -11,7 +11,6 @@ import email.utils
 import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,14 +18,10 @@ from typing import Any
 
 import pytest
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
-if TESTS_DIR not in sys.path:  # spamd_fixture lives in tests/
-    sys.path.insert(0, TESTS_DIR)
-
-from courier_pyfilter.api import Context  # noqa: E402
-from courier_pyfilter.chain import INTERNAL_ERROR, TIMED_OUT  # noqa: E402
-from courier_pyfilter.decision import CONTINUE, Decision, Verdict  # noqa: E402
-from courier_pyfilter.filters.spamassassin import (  # noqa: E402
+from courier_pyfilter.api import Context
+from courier_pyfilter.chain import INTERNAL_ERROR, TIMED_OUT
+from courier_pyfilter.decision import CONTINUE, Decision, Verdict
+from courier_pyfilter.filters.spamassassin import (
     REJECT_PREFIX,
     SpamAssassin,
     merge_spam_headers,
@@ -34,12 +29,12 @@ from courier_pyfilter.filters.spamassassin import (  # noqa: E402
     should_reject,
     spam_status,
 )
-from courier_pyfilter.legacyconf import evaluate, parse_modules_config  # noqa: E402
-from courier_pyfilter.loader import build_chain  # noqa: E402
-from courier_pyfilter.message import Message  # noqa: E402
-from courier_pyfilter.spamd import SpamdProtocolError, spamd_client  # noqa: E402
-from courier_pyfilter.testing import make_context, make_message  # noqa: E402
-from spamd_fixture import (  # noqa: E402
+from courier_pyfilter.legacyconf import evaluate, parse_modules_config
+from courier_pyfilter.loader import build_chain
+from courier_pyfilter.message import Message
+from courier_pyfilter.spamd import SpamdProtocolError, spamd_client
+from courier_pyfilter.testing import make_context, make_message
+from spamd_fixture import (
     GTUBE,
     TEST_SPAM_SCORE,
     TEST_SPAM_TOKEN,

@@ -9,7 +9,6 @@ the prefetch hook, and one evaluation per message shared with ``whitelist_spf``.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,12 +30,7 @@ from courier_pyfilter.filters.spfcheck import (
 from courier_pyfilter.loader import build_chain
 from courier_pyfilter.message import Message
 from courier_pyfilter.testing import make_message
-
-TESTS = str(Path(__file__).resolve().parent.parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from dnsserver import TestDnsServer  # noqa: E402
+from dnsserver import TestDnsServer
 
 pytest_plugins = ["dns_fixture"]  # dns_server, dns, dns_context
 

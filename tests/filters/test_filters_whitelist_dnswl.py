@@ -7,7 +7,6 @@ chain continue (it is a whitelist) within the resolver's deadline.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,12 +20,7 @@ from courier_pyfilter.dns import DnsFailure, DnsTimeout, dns_resolver, list_name
 from courier_pyfilter.filters.whitelist_dnswl import WhitelistDnswl
 from courier_pyfilter.loader import build_chain
 from courier_pyfilter.testing import make_message
-
-TESTS = str(Path(__file__).resolve().parent.parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from dnsserver import (  # noqa: E402
+from dnsserver import (
     BL2_ONLY_IP,
     CLEAN_IP,
     LISTED_IP,

@@ -6,7 +6,6 @@ record never blocks mail (a whitelist continues); Courier's own verdict can be u
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,7 @@ from courier_pyfilter.filters.whitelist_spf import WhitelistSpf
 from courier_pyfilter.loader import build_chain
 from courier_pyfilter.message import Message
 from courier_pyfilter.testing import make_message
-
-TESTS = str(Path(__file__).resolve().parent.parent)
-if TESTS not in sys.path:
-    sys.path.insert(0, TESTS)
-
-from dnsserver import TestDnsServer  # noqa: E402
+from dnsserver import TestDnsServer
 
 pytest_plugins = ["dns_fixture"]  # dns_server, dns, dns_context
 
