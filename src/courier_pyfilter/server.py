@@ -140,7 +140,7 @@ def bind_filter_socket(path: str, *, mode: int = 0o660, backlog: int = 4096) -> 
 class _Connection(asyncio.Protocol):
     """One courierfilter connection: read the request, run the chain, reply, close."""
 
-    __slots__ = ("_parser", "_server", "_task", "_timer", "_transport", "_wheel")
+    __slots__ = ("_parser", "_server", "_task", "_timer", "_transport")
 
     def __init__(self, server: FilterServer) -> None:
         self._server = server
@@ -148,14 +148,13 @@ class _Connection(asyncio.Protocol):
             server.settings.tmp_dir, restrict_paths=server.settings.restrict_paths
         )
         self._transport: asyncio.Transport | None = None
-        self._wheel = server.wheel
         self._timer: int | None = None  # the request timeout's key in the timer wheel
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's are not subclasses
         self._server._connections.add(self)
-        self._timer = self._wheel.add(self, self._server.settings.request_timeout)
+        self._timer = self._server.wheel.add(self, self._server.settings.request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._parser.done:
@@ -187,7 +186,7 @@ class _Connection(asyncio.Protocol):
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
-            self._wheel.remove(self, self._timer)
+            self._server.wheel.remove(self, self._timer)
             self._timer = None
 
     def expire(self) -> None:
